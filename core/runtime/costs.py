@@ -1,0 +1,103 @@
+"""The cost profile: how much CPU each step of the Kamailio process model takes.
+
+Every figure is in microseconds of CPU time on one core. The defaults are rough values
+derived from the measurements quoted in the reference (§7, §3, §9, and the issue's
+Kamailio 5.6 figures), not a calibration: `deferbench calibrate` is meant to replace them
+with a fitted profile, loaded from a TOML or JSON file with the same keys.
+
+Derivations of the defaults (reference figures on a 2-vCPU VM):
+- `rtimer_pass`: a 10 ms rtimer polling an empty mqueue costs 0.20–0.25 % of a core at
+  100 wake-ups/s, so ≈ 22 µs per pass (wake-up, faked request, callbacks, AVP reset).
+- `async_ms_pass`: `ms_timer=1` costs 2.25 % of a core at 911 wake-ups/s: ≈ 24 µs per pass.
+- `sleep_overshoot`: P = interval + ε + pass; 12 rtimers × 10 ms give ≈ 1,190 wake-ups/s
+  (P ≈ 10.08 ms) and `ms_timer=1` gives P ≈ 1.09 ms, so ε ≈ 65 µs; the reference measured
+  80–170 µs for a bare sleep, hence the ± jitter that also makes timer phases drift.
+- request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
+  share of the call's other messages (≈ 7 messages in and out): ≈ 40 µs per request
+  received and routed, 30 µs per response.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class CostProfileError(ValueError):
+    """A cost profile file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class CostProfile:
+    """CPU cost of each modelled step, in microseconds (see the module docstring)."""
+
+    request: float = 40.0  # receive + parse + request_route of one request, until it is relayed
+    response: float = 30.0  # receive + parse + forward of one response
+    retransmission: float = 12.0  # a retransmission absorbed from transaction state
+    relay: float = 20.0  # t_relay(): build + send the forwarded request
+    reply: float = 15.0  # a locally generated reply (100, 408, 487, 500)
+    timer_tick: float = 5.0  # a core timer process tick with nothing due
+    t_suspend: float = 15.0  # shm clone, lumps, blind branch, timer insert
+    t_continue: float = 25.0  # locked lookup, pkg copy of the request, flag swap
+    mq_add: float = 2.0
+    mq_fetch_empty: float = 1.0
+    mq_fetch_item: float = 3.0
+    rtimer_pass: float = 22.0  # one rtimer wake-up: faked request, route entry, AVP reset
+    async_insert: float = 3.0  # async_ms_* / async_sleep enqueue under the list lock
+    async_ms_pass: float = 24.0  # one "ASYNC MOD MS TIMER" loop with nothing due
+    async_s_pass: float = 24.0  # one "ASYNC MOD TIMER" (seconds ring) loop with nothing due
+    async_item: float = 2.0  # unlinking one due item in a timer pass
+    task_push: float = 6.0  # write() of the 8-byte task pointer
+    task_receive: float = 10.0  # recvfrom() + context switch in the task worker
+    sleep_overshoot: float = 65.0  # ε: how late a sleep()/select() returns
+    sleep_overshoot_jitter: float = 30.0  # ε is drawn uniformly from ε ± jitter
+
+    def seconds(self, name: str) -> float:
+        return getattr(self, name) * 1e-6
+
+    def with_values(self, **values: float) -> CostProfile:
+        return replace(self, **values)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], source: str = "cost profile") -> CostProfile:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CostProfileError(
+                f"{source}: unknown cost {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
+        clean: dict[str, float] = {}
+        for key, value in data.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise CostProfileError(f"{source}: {key} must be a number >= 0 (µs), got {value!r}")
+            clean[key] = float(value)
+        return cls(**clean)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostProfile:
+        """Read a profile from TOML or JSON (a `[costs]` table or top-level keys, in µs)."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CostProfileError(f"{path}: cannot read cost profile ({exc.strerror})") from None
+        try:
+            data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (ValueError, tomllib.TOMLDecodeError) as exc:
+            raise CostProfileError(f"{path}: not a valid cost profile ({exc})") from None
+        if not isinstance(data, dict):
+            raise CostProfileError(f"{path}: a cost profile must be a table of costs")
+        table = data.get("costs", data)
+        if not isinstance(table, dict):
+            raise CostProfileError(f"{path}: [costs] must be a table")
+        return cls.from_mapping(table, str(path))
+
+
+EXACT = CostProfile(sleep_overshoot_jitter=0.0)
+"""Defaults without overshoot jitter: timer phases are exact, for tests that assert times."""

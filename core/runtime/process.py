@@ -1,0 +1,229 @@
+"""Kamailio's process model: single-threaded processes sharing a pool of CPU cores.
+
+A `Process` runs one *program*, a generator that yields what it waits for:
+
+- `Compute(seconds)`: work that needs a core; it waits for one if all `cores` are busy, so
+  CPU contention and backlog emerge instead of being assumed;
+- `Sleep(seconds)`: blocked in the kernel (`select()`, `usleep()`), holding no core; the
+  return counts as a wake-up;
+- `Get(queue)`: wait for the next item of a FIFO served by several processes (a UDP socket
+  shared by the SIP workers, an async task group's socketpair); blocking counts a wake-up;
+- `Put(queue, item)`: a blocking write into a bounded FIFO (backpressure on a full socket).
+
+Because a process is a generator and not a task, a continuation that runs inside it blocks it
+for its whole duration, as `t_continue()` blocks the Kamailio process that calls it.
+Nothing here knows about SIP or strategies; processes only account their busy time, their
+time waiting for a core and their wake-ups.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Generator
+from typing import Any
+
+from core.runtime.kernel import Kernel
+
+
+class Compute:
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class Sleep:
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class Get:
+    __slots__ = ("queue",)
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+
+
+class Put:
+    __slots__ = ("queue", "item")
+
+    def __init__(self, queue: Queue, item: Any) -> None:
+        self.queue = queue
+        self.item = item
+
+
+Op = Compute | Sleep | Get | Put
+Program = Generator[Op, Any, Any]
+
+
+class Process:
+    """One forked Kamailio process: executes one thing at a time, accounts what it costs."""
+
+    __slots__ = (
+        "kernel",
+        "cpu",
+        "role",
+        "name",
+        "busy",
+        "cpu_wait",
+        "wakeups",
+        "_program",
+        "_wait_started",
+    )
+
+    def __init__(self, kernel: Kernel, cpu: CpuPool, role: str, name: str) -> None:
+        self.kernel = kernel
+        self.cpu = cpu
+        self.role = role
+        self.name = name
+        self.busy = 0.0  # seconds holding a core
+        self.cpu_wait = 0.0  # seconds runnable but waiting for a core
+        self.wakeups = 0
+        self._program: Program | None = None
+        self._wait_started = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Process {self.name} ({self.role})>"
+
+    def start(self, program: Program) -> None:
+        """Begin executing `program` at the kernel's current time."""
+        if self._program is not None:
+            raise RuntimeError(f"{self.name} already runs a program")
+        self._program = program
+        self.kernel.call_soon(self._resume, None)
+
+    @property
+    def running(self) -> bool:
+        return self._program is not None
+
+    # ------------------------------------------------------------------ stepping
+
+    def _resume(self, value: Any) -> None:
+        """Advance the program until it has to wait for time, a core or a queue."""
+        program = self._program
+        if program is None:
+            return
+        while True:
+            try:
+                op = program.send(value)
+            except StopIteration:
+                self._program = None
+                return
+            kind = type(op)
+            if kind is Compute:
+                if op.seconds <= 0.0:
+                    value = None
+                    continue
+                self.cpu.acquire(self, op.seconds)
+                return
+            if kind is Sleep:
+                self.kernel.call_at(self.kernel.now + max(0.0, op.seconds), self._wake, None)
+                return
+            if kind is Get:
+                queue = op.queue
+                if queue.items:
+                    value = queue.take()
+                    continue
+                queue.getters.append(self)
+                return
+            if kind is Put:
+                if op.queue.offer(op.item):
+                    value = True
+                    continue
+                op.queue.putters.append((self, op.item))
+                return
+            raise TypeError(f"{self.name} yielded {op!r}, not a Compute/Sleep/Get/Put")
+
+    def _wake(self, value: Any) -> None:
+        self.wakeups += 1
+        self._resume(value)
+
+
+class CpuPool:
+    """`cores` CPUs shared by every process; FIFO run queue when all are busy."""
+
+    def __init__(self, kernel: Kernel, cores: int) -> None:
+        if cores < 1:
+            raise ValueError(f"cores must be >= 1, got {cores}")
+        self.kernel = kernel
+        self.cores = cores
+        self.free = cores
+        self.busy_total = 0.0
+        self._runnable: deque[tuple[Process, float]] = deque()
+
+    def acquire(self, process: Process, seconds: float) -> None:
+        if self.free:
+            self.free -= 1
+            self._run(process, seconds)
+        else:
+            process._wait_started = self.kernel.now
+            self._runnable.append((process, seconds))
+
+    def _run(self, process: Process, seconds: float) -> None:
+        process.busy += seconds
+        self.busy_total += seconds
+        self.kernel.call_at(self.kernel.now + seconds, self._release, process)
+
+    def _release(self, process: Process) -> None:
+        if self._runnable:
+            waiting, seconds = self._runnable.popleft()
+            waiting.cpu_wait += self.kernel.now - waiting._wait_started
+            self._run(waiting, seconds)
+        else:
+            self.free += 1
+        process._resume(None)
+
+
+class Queue:
+    """A FIFO served by any number of processes, optionally bounded.
+
+    The kernel wakes one waiting reader per item, as Linux wakes one `recvfrom()` per
+    datagram: a group of readers is one queue with several servers.
+    """
+
+    def __init__(self, kernel: Kernel, name: str, capacity: int | None = None) -> None:
+        if capacity is not None and capacity < 0:
+            raise ValueError(f"queue {name}: capacity must be >= 0")
+        self.kernel = kernel
+        self.name = name
+        self.capacity = capacity
+        self.items: deque[Any] = deque()
+        self.getters: deque[Process] = deque()
+        self.putters: deque[tuple[Process, Any]] = deque()
+        self.max_depth = 0
+        self.accepted = 0
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def full(self) -> bool:
+        return self.capacity is not None and len(self.items) >= self.capacity
+
+    def offer(self, item: Any) -> bool:
+        """Non-blocking put: False (and counted) when the queue is full."""
+        if self.getters:
+            self.accepted += 1
+            self.kernel.call_soon(self.getters.popleft()._wake, item)
+            return True
+        if self.full:
+            self.refused += 1
+            return False
+        self.accepted += 1
+        self.items.append(item)
+        if len(self.items) > self.max_depth:
+            self.max_depth = len(self.items)
+        return True
+
+    def take(self) -> Any:
+        """Pop the head; admits the first blocked writer, if any."""
+        item = self.items.popleft()
+        if self.putters:
+            writer, pending = self.putters.popleft()
+            self.items.append(pending)
+            self.accepted += 1
+            self.kernel.call_soon(writer._wake, True)
+        return item

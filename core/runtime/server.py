@@ -1,0 +1,303 @@
+"""A modelled Kamailio server: the sans-IO proxy core run by Kamailio's processes.
+
+The server owns the process model (SIP workers reading one UDP socket, the core timer
+processes, whatever a strategy forks), the proxy core, and the routing script: new
+in-dialog re-INVITEs are handed to the deferral strategy, everything else is relayed.
+Strategies use `suspend()` and `resume()` from the process they run in; they never see the
+clock kind or the network.
+
+What it must not do: touch sockets or real time (the target gives it a `transport` and an
+anyio-driven `Kernel`), or know which strategy it runs beyond the `Strategy` interface.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from core.events import (
+    Action,
+    Address,
+    ContinueOutcome,
+    Deliver,
+    Discarded,
+    Send,
+    SuspendOutcome,
+    SuspensionEvent,
+    TxnId,
+)
+from core.proxy import Proxy, ProxyConfig
+from core.runtime.costs import CostProfile
+from core.runtime.kernel import Kernel
+from core.runtime.process import Compute, CpuPool, Get, Process, Program, Queue, Sleep
+from core.runtime.tasks import TaskGroup, TaskGroupConfig
+from core.sip import SipMessage, SipParseError, SipRequest, parse_message
+
+if TYPE_CHECKING:
+    from strategies.base import Strategy
+
+TICK = 0.0625
+"""Kamailio's core timer tick (`TIMER_TICKS_HZ` = 16)."""
+
+UDP_DATAGRAM_FOOTPRINT = 1024
+"""Bytes of receive buffer one queued datagram uses (payload + skb overhead), to turn
+`maxbuffer` into a queue length."""
+
+Transport = Callable[[SipMessage, Address], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Server-wide settings that belong to no strategy (flags of every target command)."""
+
+    children: int = 8
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    fr_timer: float = 30.0
+    address: Address = ("127.0.0.1", 5060)
+    maxbuffer: int = 262_144
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.children < 1:
+            raise ValueError(f"children must be >= 1, got {self.children}")
+        if self.cores < 1:
+            raise ValueError(f"cores must be >= 1, got {self.cores}")
+        if not 0 < self.fr_timer <= 3600:
+            raise ValueError(f"fr_timer must be in (0, 3600] s, got {self.fr_timer}")
+
+
+@dataclass(slots=True)
+class Deferral:
+    """One suspension of one transaction, as the server saw it."""
+
+    txn: TxnId
+    suspended_at: float
+    resumed_at: float | None = None
+    resumed_by: str | None = None  # process name that ran the continuation
+    outcome: str = "pending"  # pending | resumed | timed_out | cancelled | stranded
+    resumes: int = 0  # continuations that found it (more than 1 is a duplicate)
+
+    @property
+    def delay(self) -> float | None:
+        return None if self.resumed_at is None else self.resumed_at - self.suspended_at
+
+
+class Server:
+    """Kamailio's processes around one `Proxy`, deferring re-INVITEs with one strategy."""
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        strategy: Strategy,
+        settings: ServerSettings | None = None,
+        costs: CostProfile | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.kernel = kernel
+        self.strategy = strategy
+        self.settings = settings or ServerSettings()
+        self.costs = costs or CostProfile()
+        self.transport: Transport = transport or (lambda message, destination: None)
+        self.random = random.Random(self.settings.seed)
+        self.cpu = CpuPool(kernel, self.settings.cores)
+        self.proxy = Proxy(
+            ProxyConfig(
+                address=self.settings.address,
+                fr_timer=self.settings.fr_timer,
+                label_seed=self.settings.seed,
+            )
+        )
+        self.processes: list[Process] = []
+        self.counters: Counter[str] = Counter()
+        self.deferrals: dict[TxnId, Deferral] = {}
+        self.task_groups: dict[str, TaskGroup] = {}
+        self.sip_socket = Queue(
+            kernel, "udp", max(1, self.settings.maxbuffer // UDP_DATAGRAM_FOOTPRINT)
+        )
+        self._overshoot = self.costs.seconds("sleep_overshoot")
+        self._jitter = self.costs.seconds("sleep_overshoot_jitter")
+        for i in range(self.settings.children):
+            self.spawn("sip-worker", f"udp receiver child={i}", self._sip_worker)
+        self.spawn("slow-timer", "slow timer", self._slow_timer)
+        strategy.install(self)
+
+    # ------------------------------------------------------------------ process plumbing
+
+    def spawn(self, role: str, name: str, program: Callable[[Process], Program]) -> Process:
+        """Fork a process running `program(process)` from now on."""
+        process = Process(self.kernel, self.cpu, role, name)
+        self.processes.append(process)
+        process.start(program(process))
+        return process
+
+    def task_group(self, config: TaskGroupConfig) -> TaskGroup:
+        """The core async task group `config.name`, created (with its workers) on first use."""
+        group = self.task_groups.get(config.name)
+        if group is None:
+            group = self.task_groups[config.name] = TaskGroup(self, config)
+        return group
+
+    def overshoot(self) -> float:
+        """ε, how late a sleep returns (seeded jitter: timer phases drift as in Kamailio)."""
+        if not self._jitter:
+            return self._overshoot
+        return max(0.0, self._overshoot + self.random.uniform(-self._jitter, self._jitter))
+
+    def count(self, event: str, n: int = 1) -> None:
+        """Count a strategy/server event (overflow, undelayed, stranded...): never hidden."""
+        self.counters[event] += n
+
+    @property
+    def now(self) -> float:
+        return self.kernel.now
+
+    # ------------------------------------------------------------------ network side
+
+    def receive(self, data: bytes | SipMessage, source: Address) -> None:
+        """A datagram arrives on the UDP socket; dropped (and counted) if the buffer is full."""
+        if not self.sip_socket.offer((data, source)):
+            self.count("udp_receive_buffer_drops")
+
+    def _sip_worker(self, process: Process) -> Program:
+        costs = self.costs
+        request_cost = costs.seconds("request")
+        response_cost = costs.seconds("response")
+        retransmission_cost = costs.seconds("retransmission")
+        socket = self.sip_socket
+        while True:
+            data, source = yield Get(socket)
+            message = data
+            if isinstance(data, bytes):
+                try:
+                    message = parse_message(data)
+                except SipParseError:
+                    message = None
+            if message is None:
+                yield Compute(retransmission_cost)
+                actions = self.proxy.receive(data, source, self.kernel.now)
+            else:
+                actions = self.proxy.receive_message(message, source, self.kernel.now)
+                if isinstance(message, SipRequest):
+                    delivered = any(type(a) is Deliver for a in actions)
+                    yield Compute(request_cost if delivered else retransmission_cost)
+                else:
+                    yield Compute(response_cost)
+            yield from self.apply(process, actions)
+
+    def _slow_timer(self, process: Process) -> Program:
+        """Kamailio's timer processes: a tick every 1/16 s fires the TM timers that are due."""
+        tick_cost = self.costs.seconds("timer_tick")
+        reply_cost = self.costs.seconds("reply")
+        ticks = 0
+        while True:
+            ticks += 1
+            yield Sleep(ticks * TICK - self.kernel.now)
+            deadline = self.proxy.next_deadline()
+            if deadline is None or deadline > self.kernel.now:
+                yield Compute(tick_cost)
+                continue
+            actions = self.proxy.expire(self.kernel.now)
+            sends = sum(1 for a in actions if type(a) is Send)
+            yield Compute(tick_cost + sends * reply_cost)
+            yield from self.apply(process, actions)
+
+    # ------------------------------------------------------------------ routing script
+
+    def apply(self, process: Process, actions: Iterable[Action]) -> Program:
+        """Carry out the core's actions in `process`: send, run the script, keep books."""
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                self.transport(action.message, action.destination)
+            elif kind is Deliver:
+                yield from self._request_route(process, action)
+            elif kind is SuspensionEvent:
+                self._note(action)
+            elif kind is Discarded:
+                self.count(f"discarded: {action.reason}")
+
+    def _request_route(self, process: Process, deliver: Deliver) -> Program:
+        request = deliver.request
+        now = self.kernel.now
+        if deliver.txn is None:
+            actions = self.proxy.forward_stateless(request, now)
+        elif request.method == "INVITE" and request.to_tag:
+            yield from self.strategy.defer(self, process, deliver.txn)
+            return
+        else:
+            actions = self.proxy.relay(deliver.txn, now)
+        yield Compute(self.costs.seconds("relay"))
+        yield from self.apply(process, actions)
+
+    def relay_now(self, process: Process, txn: TxnId) -> Program:
+        """Relay without deferral (strategies that give up, `inline`)."""
+        yield Compute(self.costs.seconds("relay"))
+        yield from self.apply(process, self.proxy.relay(txn, self.kernel.now))
+
+    # ------------------------------------------------------------------ TM for strategies
+
+    def suspend(self, process: Process, txn: TxnId) -> Program:
+        """`t_suspend()` in `process`; the program returns the `SuspendOutcome`."""
+        yield Compute(self.costs.seconds("t_suspend"))
+        outcome, actions = self.proxy.suspend(txn, self.kernel.now)
+        yield from self.apply(process, actions)
+        if outcome is not SuspendOutcome.SUSPENDED:
+            self.count(f"suspend {outcome.value}")
+        return outcome
+
+    def resume(self, process: Process, txn: TxnId) -> Program:
+        """`t_continue()` + the continuation route (relay) in `process`.
+
+        Runs synchronously in the calling process, which stays blocked until the route ends.
+        The program returns the `ContinueOutcome`.
+        """
+        costs = self.costs
+        yield Compute(costs.seconds("t_continue"))
+        outcome, actions = self.proxy.continue_transaction(txn, self.kernel.now)
+        if outcome is ContinueOutcome.RESUMED:
+            deferral = self.deferrals.get(txn)
+            if deferral is not None:
+                deferral.resumes += 1
+                if deferral.resumed_at is None:
+                    deferral.resumed_at = self.kernel.now
+                    deferral.resumed_by = process.name
+                    deferral.outcome = "resumed"
+            actions = list(actions) + self.proxy.relay(txn, self.kernel.now)
+            actions += self.proxy.end_continuation(txn, self.kernel.now)
+            yield Compute(costs.seconds("relay"))
+        else:
+            self.count(f"continue {outcome.value}")
+        yield from self.apply(process, actions)
+        return outcome
+
+    def _note(self, event: SuspensionEvent) -> None:
+        if event.kind == "suspended":
+            self.deferrals.setdefault(event.txn, Deferral(event.txn, event.time))
+            return
+        deferral = self.deferrals.get(event.txn)
+        if deferral is None:
+            return
+        if event.kind == "timed_out":
+            deferral.outcome = "timed_out"
+        elif event.kind == "cancelled":
+            deferral.outcome = "cancelled"
+        elif event.kind == "absorbed":
+            self.count("retransmissions absorbed while suspended")
+
+    # ------------------------------------------------------------------ accounting
+
+    def busy_by_role(self) -> dict[str, float]:
+        totals: Counter[str] = Counter()
+        for process in self.processes:
+            totals[process.role] += process.busy
+        return dict(totals)
+
+    def wakeups_by_role(self) -> dict[str, int]:
+        totals: Counter[str] = Counter()
+        for process in self.processes:
+            totals[process.role] += process.wakeups
+        return dict(totals)

@@ -1,0 +1,85 @@
+"""The one small interface every deferral strategy implements.
+
+A strategy is what the Kamailio script does with an in-dialog re-INVITE it wants to defer:
+`defer()` runs in the SIP worker that received it (suspend, enqueue...), `install()` forks
+the processes that will resume it (timers, task workers). Strategies act only through the
+`Server` (suspend, resume, spawn, task groups, costs) and the process ops; they never know
+whether time is virtual or real, and never touch the network.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from strategies.spec import Param, SpecError
+
+if TYPE_CHECKING:
+    from core.events import TxnId
+    from core.runtime.process import Process, Program
+    from core.runtime.server import Server
+
+
+class Strategy(ABC):
+    """A deferral strategy with validated parameters (see `strategies.parse_spec`)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for `deferbench strategies`
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(self, **values: Any) -> None:
+        known = {p.name: p for p in self.params}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise SpecError(
+                f"{self.name}: unknown parameter {', '.join(unknown)} "
+                f"(allowed: {self.allowed_params()})"
+            )
+        self.values: dict[str, Any] = {}
+        for param in self.params:
+            value = values.get(param.name, param.default)
+            param.check(value)
+            self.values[param.name] = value
+        self.validate()
+
+    # ------------------------------------------------------------------ description
+
+    @classmethod
+    def allowed_params(cls) -> str:
+        return ", ".join(p.name for p in cls.params) or "none"
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec with every parameter, e.g. 'blocking-sleep:ms=10'."""
+        shown = [
+            f"{p.name}={p.format(self.values[p.name])}"
+            for p in self.params
+            if self.values[p.name] is not None
+        ]
+        return self.name + (":" + ",".join(shown) if shown else "")
+
+    def __repr__(self) -> str:
+        return f"<Strategy {self.spec}>"
+
+    def validate(self) -> None:
+        """Cross-parameter checks; raise SpecError naming the conflict."""
+        return None
+
+    # ------------------------------------------------------------------ behaviour
+
+    @property
+    @abstractmethod
+    def requested_delay(self) -> float:
+        """Seconds the operator asked for: lateness and the early share are measured against it."""
+
+    def install(self, server: Server) -> None:
+        """Fork this strategy's processes and create its shared state on `server`."""
+        return None
+
+    @abstractmethod
+    def defer(self, server: Server, process: Process, txn: TxnId) -> Program:
+        """The script's deferral of transaction `txn`, run in SIP worker `process`."""
+
+    @abstractmethod
+    def kamailio_config(self) -> str:
+        """The kamailio.cfg fragment this strategy models, generated from its parameters."""

@@ -1,0 +1,200 @@
+"""The kernel and process model on virtual time: exact times, CPU contention, queues."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from core.runtime.kernel import Kernel, run_on_virtual_time
+from core.runtime.process import Compute, CpuPool, Get, Process, Put, Queue, Sleep
+
+
+def test_sleep_and_compute_happen_at_exact_virtual_times():
+    log: list[tuple[str, float, float]] = []
+
+    async def main() -> None:
+        kernel = Kernel()
+        cpu = CpuPool(kernel, 1)
+        proc = Process(kernel, cpu, "test", "p")
+
+        def program():
+            yield Sleep(0.5)
+            log.append(("woke", kernel.now, anyio.current_time()))
+            yield Compute(0.25)
+            log.append(("computed", kernel.now, anyio.current_time()))
+
+        proc.start(program())
+        await kernel.run(until=2.0)
+        log.append(("end", kernel.now, anyio.current_time()))
+        assert proc.wakeups == 1
+        assert proc.busy == 0.25
+
+    run_on_virtual_time(main)
+    assert log == [("woke", 0.5, 0.5), ("computed", 0.75, 0.75), ("end", 2.0, 2.0)]
+
+
+def test_cores_are_shared_fifo_and_waiting_is_accounted():
+    finished: dict[str, float] = {}
+
+    async def main() -> None:
+        kernel = Kernel()
+        cpu = CpuPool(kernel, 2)
+        procs = [Process(kernel, cpu, "w", f"p{i}") for i in range(3)]
+
+        def job(p: Process):
+            yield Compute(1.0)
+            finished[p.name] = kernel.now
+
+        for p in procs:
+            p.start(job(p))
+        await kernel.run(until=5.0)
+        assert [p.cpu_wait for p in procs] == [0.0, 0.0, 1.0]
+        assert cpu.busy_total == 3.0
+
+    run_on_virtual_time(main)
+    assert finished == {"p0": 1.0, "p1": 1.0, "p2": 2.0}
+
+
+def test_shared_queue_wakes_one_reader_per_item_and_counts_only_blocking_waits():
+    got: list[tuple[str, str, float]] = []
+
+    async def main() -> None:
+        kernel = Kernel()
+        cpu = CpuPool(kernel, 4)
+        queue = Queue(kernel, "udp")
+        readers = [Process(kernel, cpu, "r", f"r{i}") for i in range(2)]
+
+        def reader(p: Process):
+            while True:
+                item = yield Get(queue)
+                got.append((p.name, item, kernel.now))
+                yield Compute(0.1)
+
+        for r in readers:
+            r.start(reader(r))
+        for i, at in enumerate([1.0, 1.0, 1.0]):
+            kernel.call_at(at, queue.offer, f"m{i}")
+        await kernel.run(until=3.0)
+        # r0 and r1 were blocked and woke once each; m2 waited in the queue for r0
+        assert [r.wakeups for r in readers] == [1, 1]
+        assert queue.max_depth == 1
+
+    run_on_virtual_time(main)
+    assert got == [("r0", "m0", 1.0), ("r1", "m1", 1.0), ("r0", "m2", pytest.approx(1.1))]
+
+
+def test_bounded_queue_blocks_the_writer_until_there_is_room():
+    events: list[tuple[str, float]] = []
+
+    async def main() -> None:
+        kernel = Kernel()
+        cpu = CpuPool(kernel, 2)
+        queue = Queue(kernel, "tasks", capacity=1)
+        writer = Process(kernel, cpu, "w", "writer")
+        reader = Process(kernel, cpu, "r", "reader")
+
+        def write():
+            for i in range(3):
+                yield Put(queue, i)
+                events.append((f"put {i}", kernel.now))
+
+        def read():
+            yield Sleep(1.0)
+            while True:
+                item = yield Get(queue)
+                events.append((f"got {item}", kernel.now))
+                yield Sleep(1.0)
+
+        writer.start(write())
+        reader.start(read())
+        await kernel.run(until=10.0)
+
+    run_on_virtual_time(main)
+    assert events == [
+        ("put 0", 0.0),
+        ("got 0", 1.0),
+        ("put 1", 1.0),
+        ("got 1", 2.0),
+        ("put 2", 2.0),
+        ("got 2", 3.0),
+    ]
+
+
+def test_offer_to_a_full_queue_is_refused_and_counted():
+    kernel = Kernel()
+    queue = Queue(kernel, "q", capacity=2)
+    assert [queue.offer(i) for i in range(4)] == [True, True, False, False]
+    assert (queue.accepted, queue.refused, len(queue)) == (2, 2, 2)
+
+
+def test_other_tasks_on_the_same_mock_clock_keep_exact_times():
+    seen: list[tuple[float, int]] = []
+
+    async def main() -> None:
+        kernel = Kernel()
+        cpu = CpuPool(kernel, 1)
+        proc = Process(kernel, cpu, "t", "ticker")
+
+        def ticker():
+            while True:
+                yield Sleep(0.1)
+
+        proc.start(ticker())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kernel.run, 1.0)
+            for at in (0.25, 0.55):
+                await anyio.sleep_until(at)
+                seen.append((anyio.current_time(), proc.wakeups))
+
+    run_on_virtual_time(main)
+    assert seen == [(0.25, 2), (0.55, 5)]
+
+
+def test_work_submitted_from_another_task_runs_at_that_tasks_time():
+    stamps: list[float] = []
+
+    async def main() -> None:
+        kernel = Kernel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kernel.run, 2.0)
+            await anyio.sleep(0.7)
+            kernel.submit(lambda: stamps.append(kernel.now))
+
+    run_on_virtual_time(main)
+    assert stamps == [0.7]
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_the_same_kernel_runs_on_the_real_clock(backend: str):
+    order: list[str] = []
+
+    async def main() -> None:
+        kernel = Kernel()
+        cpu = CpuPool(kernel, 1)
+        a = Process(kernel, cpu, "t", "a")
+        b = Process(kernel, cpu, "t", "b")
+
+        def sleeper(name: str, seconds: float):
+            yield Sleep(seconds)
+            order.append(name)
+
+        a.start(sleeper("a", 0.02))
+        b.start(sleeper("b", 0.01))
+        start = anyio.current_time()
+        await kernel.run(until=start + 0.05)
+        assert kernel.now >= start + 0.05
+
+    anyio.run(main, backend=backend)
+    assert order == ["b", "a"]
+
+
+def test_a_program_yielding_something_else_is_a_clear_error():
+    kernel = Kernel()
+    proc = Process(kernel, CpuPool(kernel, 1), "t", "bad")
+
+    def program():
+        yield "not an op"
+
+    proc.start(program())
+    with pytest.raises(TypeError, match="bad yielded 'not an op'"):
+        kernel.run_due(0.0)
