@@ -102,3 +102,4 @@ class SuspendOutcome(enum.Enum):
     ALREADY_CANCELLED = "already_cancelled"  # +1: no ids, nothing to resume
     ALREADY_ANSWERED = "already_answered"  # -3: final reply already sent
     TOO_MANY_BRANCHES = "too_many_branches"  # max_branches blind branches used up
+    NOT_FOUND = "not_found"  # unknown or freed id: nothing to suspend
