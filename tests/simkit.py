@@ -6,8 +6,9 @@ server sends is captured. Used by the strategy and runtime tests and the runtime
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.events import Address
 from core.runtime.costs import EXACT, CostProfile
@@ -91,3 +92,43 @@ def simulate(
     run_on_virtual_time(main)
     assert run is not None
     return run
+
+
+def simulate_probed(
+    spec: str,
+    arrivals: Iterable[float],
+    until: float,
+    probes: Iterable[tuple[float, Callable[[Server], Any]]],
+    *,
+    settings: ServerSettings | None = None,
+    costs: CostProfile = EXACT,
+) -> tuple[SimRun, list[tuple[float, Any]]]:
+    """As `simulate`, also calling `probe(server)` at each probe's virtual time.
+
+    Returns the run and `[(time, probe result)]` in time order: for quantities that change
+    during a run (queue depth, a process's wake-ups) rather than what is left at the end.
+    """
+    run: SimRun | None = None
+    results: list[tuple[float, Any]] = []
+
+    async def main() -> None:
+        nonlocal run
+        kernel = Kernel()
+        sent: list[Sent] = []
+        server = Server(
+            kernel,
+            parse_spec(spec),
+            settings or ServerSettings(cores=2),
+            costs,
+            transport=lambda message, dest: sent.append(Sent(kernel.now, message, dest)),
+        )
+        run = SimRun(server, sent)
+        for call, at in enumerate(sorted(arrivals)):
+            kernel.call_at(at, server.receive, reinvite(call), UAC)
+        for at, probe in sorted(probes, key=lambda p: p[0]):
+            kernel.call_at(at, lambda probe=probe: results.append((kernel.now, probe(server))))
+        await kernel.run(until=until)
+
+    run_on_virtual_time(main)
+    assert run is not None
+    return run, results

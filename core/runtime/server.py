@@ -76,10 +76,13 @@ class Deferral:
 
     txn: TxnId
     suspended_at: float
+    call_id: str = ""
+    cseq: int = 0
     resumed_at: float | None = None
     resumed_by: str | None = None  # process name that ran the continuation
-    outcome: str = "pending"  # pending | resumed | timed_out | cancelled | stranded
+    outcome: str = "pending"  # pending | resumed | timed_out | cancelled
     resumes: int = 0  # continuations that found it (more than 1 is a duplicate)
+    stale_continues: int = 0  # continues that found the transaction gone (NOT_FOUND)
 
     @property
     def delay(self) -> float | None:
@@ -271,12 +274,22 @@ class Server:
             yield Compute(costs.seconds("relay"))
         else:
             self.count(f"continue {outcome.value}")
+            deferral = self.deferrals.get(txn)
+            if outcome is ContinueOutcome.NOT_FOUND and deferral is not None:
+                deferral.stale_continues += 1
         yield from self.apply(process, actions)
         return outcome
 
     def _note(self, event: SuspensionEvent) -> None:
         if event.kind == "suspended":
-            self.deferrals.setdefault(event.txn, Deferral(event.txn, event.time))
+            if event.txn not in self.deferrals:
+                request = self.proxy.request_of(event.txn)
+                self.deferrals[event.txn] = Deferral(
+                    event.txn,
+                    event.time,
+                    call_id=request.call_id if request is not None else "",
+                    cseq=request.cseq.number if request is not None else 0,
+                )
             return
         deferral = self.deferrals.get(event.txn)
         if deferral is None:
