@@ -1,0 +1,200 @@
+"""What every target computes the same way: from observations to one result-schema entry.
+
+Targets differ in how they start and observe the server (a modelled server on virtual
+time, a live proxy over UDP, real Kamailio); they never differ in how a ledger is closed,
+a percentile computed or a CPU share defined. A target hands this module:
+
+- the deferrals the server recorded (`DeferralRecord`: suspend/resume times on the
+  server's clock, the role of the process that resumed, resumes, stale continues);
+- the UAC and UAS it drove (their timings and counters) and the ledger they reported to;
+- the CPU it observed over the load window (`CpuWindow`: busy seconds and wake-ups per
+  role, the window's length and how many cores the busy time is a share of) and, if
+  measured, over an idle window;
+- its own counters (prefix -> {name: value}) and queue-depth samples.
+
+This module does no I/O and reads no clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from harness.endpoints import Uac, Uas
+from harness.ledger import Ledger
+from harness.load import LoadSpec
+from harness.metrics import Distribution, early_share, lateness_summary
+from strategies.base import Strategy
+
+
+@dataclass(frozen=True, slots=True)
+class DeferralRecord:
+    """One suspension as the server saw it, in a form that survives JSON (live `serve`)."""
+
+    call_id: str
+    cseq: int
+    suspended_at: float
+    resumed_at: float | None
+    resumed_by: str  # role of the process that ran the continuation ("" if none)
+    resumes: int
+    stale_continues: int
+    outcome: str = "pending"
+
+    @classmethod
+    def of(cls, deferral: Any, role_of: Mapping[str, str]) -> DeferralRecord:
+        """From a `core.runtime.server.Deferral`; `role_of` maps process name -> role."""
+        by = deferral.resumed_by
+        return cls(
+            deferral.call_id,
+            deferral.cseq,
+            deferral.suspended_at,
+            deferral.resumed_at,
+            role_of.get(by, "unknown") if by else "",
+            deferral.resumes,
+            deferral.stale_continues,
+            deferral.outcome,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DeferralRecord:
+        return cls(**{name: data[name] for name in cls.__slots__})
+
+
+@dataclass(frozen=True)
+class CpuWindow:
+    """Busy seconds and wake-ups by role over a window of `seconds`; shares are of `cores`."""
+
+    seconds: float
+    cores: int
+    busy: dict[str, float]
+    wakeups: dict[str, int]
+
+    @property
+    def busy_total(self) -> float:
+        return sum(self.busy.values())
+
+    def busy_share(self, busy: float) -> float:
+        return busy / (self.seconds * self.cores)
+
+    def per_second(self, count: float) -> float:
+        return count / self.seconds
+
+
+def account_deferrals(
+    ledger: Ledger, records: Iterable[DeferralRecord]
+) -> tuple[list[float], Counter[str]]:
+    """Report resumes and stale continues to the ledger; the delays and who resumed."""
+    delays: list[float] = []
+    resumed_by: Counter[str] = Counter()
+    for record in records:
+        key = (record.call_id, record.cseq)
+        for _ in range(record.resumes):
+            ledger.resumed(key)
+        if record.stale_continues:
+            ledger.stale(key)
+        if record.resumed_at is not None:
+            delays.append(record.resumed_at - record.suspended_at)
+            resumed_by[record.resumed_by or "unknown"] += 1
+    return delays, resumed_by
+
+
+def cpu_figures(window: CpuWindow, idle: CpuWindow | None, sent_in_window: int) -> dict[str, Any]:
+    """The `cpu` object of the result schema."""
+    busy = window.busy_total
+    return {
+        "busy_share": window.busy_share(busy),
+        "idle_share": None if idle is None else idle.busy_share(idle.busy_total),
+        "wakeups_per_s": window.per_second(sum(window.wakeups.values())),
+        "per_txn_us": busy * 1e6 / sent_in_window if sent_in_window else None,
+        "by_role": {
+            role: {
+                "busy_share": window.busy_share(window.busy.get(role, 0.0)),
+                "wakeups_per_s": window.per_second(window.wakeups.get(role, 0)),
+            }
+            for role in sorted(set(window.busy) | set(window.wakeups))
+        },
+    }
+
+
+def strategy_entry(
+    *,
+    strategy: Strategy,
+    target: str,
+    load: LoadSpec,
+    seed: int,
+    records: Iterable[DeferralRecord],
+    ledger: Ledger,
+    uac: Uac,
+    uas: Uas,
+    window: CpuWindow,
+    idle: CpuWindow | None,
+    counters: Mapping[str, int],
+    sources: Iterable[tuple[str, Mapping[str, Any]]],
+    calls_planned: int,
+    samples: list[int],
+    wall: float,
+    speed_wall: float | None,
+    load_start: float = 0.0,
+) -> dict[str, Any]:
+    """One strategy entry of `deferbench.result/1`.
+
+    `counters` are the server's own, `sources` further (prefix, counters) pairs in report
+    order; re-INVITEs count as sent in the window when sent before `load_start +
+    window.seconds` (UAC clock). `speed_wall`: wall seconds the loaded run took, for the
+    simulation speed figure (None: not a simulation).
+    """
+    delays, resumed_by = account_deferrals(ledger, records)
+    summary = ledger.close()
+
+    delay = Distribution()
+    delay.record_all(delays)
+    e2e = Distribution()
+    sent_in_window = 0
+    window_end = load_start + window.seconds
+    for timing in uac.timings.values():
+        if timing.sent < window_end:
+            sent_in_window += 1
+        if timing.e2e is not None:
+            e2e.record(timing.e2e)
+
+    requested = strategy.requested_delay
+    delay_ms = delay.summary()
+
+    out: dict[str, int] = dict(sorted(counters.items()))
+    for role, n in sorted(resumed_by.items()):
+        out[f"resumed by {role}"] = n
+    for prefix, source in sources:
+        for name, value in sorted(source.items()):
+            out[f"{prefix}: {name}"] = int(value)
+    out["calls planned"] = calls_planned
+    out["calls unfinished"] = uac.active + calls_planned - len(uac.calls)
+
+    return {
+        "strategy": strategy.spec,
+        "params": dict(strategy.values),
+        "target": target,
+        "load": load.spec,
+        "seed": seed,
+        "requested_delay_ms": requested * 1e3,
+        "delay_ms": delay_ms,
+        "lateness_ms": lateness_summary(delay_ms, requested * 1e3),
+        "e2e_ms": e2e.summary(),
+        "early_share": early_share(delays, requested),
+        "ledger": summary.to_json(),
+        "cpu": cpu_figures(window, idle, sent_in_window),
+        "counters": out,
+        "queue_depth": {
+            "max": max(samples) if samples else None,
+            "mean": sum(samples) / len(samples) if samples else None,
+        },
+        "histograms": {"delay": delay.encode(), "e2e": e2e.encode()},
+        "wall_seconds": wall,
+        "sim_txn_per_wall_s": (
+            summary.transactions / speed_wall if speed_wall and summary.transactions else None
+        ),
+    }

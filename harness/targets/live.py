@@ -1,0 +1,400 @@
+"""The live target: one seeded load through the live proxy, over UDP on 127.0.0.1.
+
+The proxy is `deferbench serve` in a subprocess (so its CPU is its own: the harness's UAC
+and UAS do not count against it), on the requested anyio backend, listening on a free port
+it reports on its first log line. The harness runs the same sans-IO `Uac` and `Uas` as the
+sim target, each on its own UDP socket (free ports), driven by a real-clock `Kernel`.
+
+Sequence: start serve, wait until it listens (bounded); SIGUSR1 (idle window opens); wait
+`idle_window` seconds with no traffic; SIGUSR1 (load window opens) and start the calls at
+their seeded schedule (intended times = load start + plan.start); at `duration` SIGUSR1
+(load window closes); wait until every call has ended or duration + fr_timer + grace;
+SIGTERM; serve writes its report (snapshots, deferral records, counters) and exits. The
+serve process is stopped by PID in every case (bounded waits, SIGKILL as the last resort)
+and the harness's sockets closed, also when the run is interrupted.
+
+Figures (computed by `harness.targets.common`, as for every target):
+- delay: resume − suspend of each deferral, on the proxy's clock;
+- e2e: intended send time of each re-INVITE -> its first final response, on the UAC's clock
+  (coordinated omission avoided: a late UAC does not hide the wait);
+- CPU over the load window: the proxy's process CPU / window (a share of ONE core: the live
+  proxy is one Python thread; `--cores` has no effect on it), and per role the thread CPU
+  of its process steps; CPU outside any step is role `unattributed`. `idle_share` from the
+  idle window before the load. per_txn_us: process CPU per re-INVITE sent in the window;
+- queue depth: the proxy's UDP queue plus the strategy's backlog as each arriving datagram
+  finds it (no sampling timer, which would cost the idle proxy CPU).
+`sim_txn_per_wall_s` is null (not a simulation).
+
+What this module must not do: compute a percentile, an outcome or a CPU share itself, or
+leave a process or a socket behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from core.events import Address, Send
+from core.runtime.kernel import Kernel, TimerHandle
+from core.runtime.server import ServerSettings
+from core.sip import SipParseError, parse_message
+from harness.endpoints import Uac, Uas
+from harness.ledger import Ledger
+from harness.load import LoadSpec, schedule
+from harness.network import Endpoint
+from harness.targets.common import CpuWindow, DeferralRecord, strategy_entry
+from harness.udp import UdpSocket
+from strategies import parse_spec
+
+TARGET = "live"
+READY_TIMEOUT = 30.0  # seconds for serve to start listening (imports on a loaded machine)
+STOP_TIMEOUT = 10.0  # seconds for serve to exit after SIGTERM before SIGKILL
+IDLE_WINDOW = 1.0  # seconds of no traffic before the load: the idle CPU figure
+DRAIN_GRACE = 5.0  # seconds after duration + fr_timer before the run is cut off
+_POLL = 0.02
+_READY = re.compile(r"listening on (\S+):(\d+)")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class LiveTargetError(RuntimeError):
+    """The live proxy could not be started or did not report (one line, names the cause)."""
+
+
+# ---------------------------------------------------------------------------- the proxy
+
+
+class ServeProcess:
+    """`deferbench serve` as a child process: started, signalled and stopped by PID."""
+
+    def __init__(
+        self,
+        strategy: str,
+        *,
+        backend: str = "trio",
+        settings: ServerSettings | None = None,
+        workdir: Path,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        settings = settings or ServerSettings()
+        self.report_path = workdir / "serve-report.json"
+        self.log_path = workdir / "serve.log"
+        command = [
+            sys.executable, "-m", "harness.cli", "serve",
+            "--strategy", strategy,
+            "--listen", "127.0.0.1:0",
+            "--backend", backend,
+            "--report", str(self.report_path),
+            "--children", str(settings.children),
+            "--fr-timer", f"{settings.fr_timer * 1000:g}ms",
+            *extra,
+        ]  # fmt: skip
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(PROJECT_ROOT),
+        )
+        self.pid = self.process.pid
+        self.address: Address | None = None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+
+    async def wait_ready(self, timeout: float = READY_TIMEOUT) -> Address:
+        """The address serve listens on, once its first log line says so."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = _READY.search(self.log_text())
+            if match:
+                self.address = (match.group(1), int(match.group(2)))
+                return self.address
+            if self.process.poll() is not None:
+                raise LiveTargetError(
+                    f"deferbench serve exited with status {self.process.returncode}: "
+                    f"{self.log_text().strip().splitlines()[-1:] or 'no output'}"
+                )
+            await anyio.sleep(_POLL)
+        raise LiveTargetError(f"deferbench serve did not listen within {timeout:g}s")
+
+    def snapshot(self) -> None:
+        """Ask serve for a CPU snapshot (SIGUSR1)."""
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGUSR1)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, bounded wait, SIGKILL if need be; the exit status (never hangs)."""
+        try:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(timeout)
+        finally:
+            self._log.close()
+        return self.process.returncode
+
+    def report(self) -> dict[str, Any]:
+        import json
+
+        try:
+            return json.loads(self.report_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            tail = self.log_text().strip().splitlines()[-3:]
+            raise LiveTargetError(f"deferbench serve left no report ({exc}); log: {tail}") from None
+
+
+# ---------------------------------------------------------------------------- endpoints
+
+
+class UdpHost:
+    """A sans-IO endpoint on a UDP socket and a real-clock kernel (the live `SimHost`)."""
+
+    def __init__(self, kernel: Kernel, socket: UdpSocket, endpoint: Endpoint) -> None:
+        self.kernel = kernel
+        self.socket = socket
+        self.endpoint = endpoint
+        self.counters: Counter[str] = Counter()
+        self._armed: TimerHandle | None = None
+
+    def datagram(self, data: bytes, source: Address) -> None:
+        """Socket task: hand the datagram to the kernel (which owns the endpoint)."""
+        self.kernel.submit(self._receive, data, source)
+
+    def _receive(self, data: bytes, source: Address) -> None:
+        try:
+            message = parse_message(data)
+        except SipParseError:
+            self.counters["unparseable datagrams"] += 1
+            return
+        self.emit(self.endpoint.receive(message, source, self.kernel.now))
+
+    def emit(self, sends: list[Send]) -> None:
+        for out in sends:
+            self.socket.send(bytes(out.message), out.destination)
+        deadline = self.endpoint.next_deadline()
+        if deadline is None:
+            return
+        armed = self._armed
+        if armed is not None:
+            if armed.when <= deadline and not armed.cancelled:
+                return
+            armed.cancel()
+        self._armed = self.kernel.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._armed = None
+        self.emit(self.endpoint.expire(self.kernel.now))
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@dataclass
+class LiveRun:
+    """One live run: the result entry plus what produced it (for tests)."""
+
+    result: dict[str, Any]
+    ledger: Ledger
+    uac: Uac
+    uas: Uas
+    report: dict[str, Any]
+    calls_planned: int
+    load_start: float = 0.0
+    log: str = ""
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def run_live(
+    strategy_spec: str,
+    load: LoadSpec,
+    seed: int,
+    settings: ServerSettings | None = None,
+    backend: str = "trio",
+    *,
+    idle_window: float = IDLE_WINDOW,
+) -> dict[str, Any]:
+    """Drive `load` through the live proxy running `strategy_spec`; a result-schema entry."""
+    return live_run(strategy_spec, load, seed, settings, backend, idle_window=idle_window).result
+
+
+def live_run(
+    strategy_spec: str,
+    load: LoadSpec,
+    seed: int,
+    settings: ServerSettings | None = None,
+    backend: str = "trio",
+    *,
+    idle_window: float = IDLE_WINDOW,
+    serve_args: tuple[str, ...] = (),
+) -> LiveRun:
+    """`run_live`, keeping the ledger, endpoints and serve's report for inspection."""
+    strategy = parse_spec(strategy_spec)  # SpecError (one line) before anything starts
+    settings = settings or ServerSettings()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="deferbench-live-") as tmp:
+        serve = ServeProcess(
+            strategy.spec, backend=backend, settings=settings, workdir=Path(tmp), extra=serve_args
+        )
+        holder: list[LiveRun] = []
+        try:
+            anyio.run(_drive, serve, strategy, load, seed, settings, idle_window, holder,
+                      backend=backend)  # fmt: skip
+        finally:
+            serve.stop()
+        run = holder[0]
+        run.report = serve.report()
+        run.log = serve.log_text()
+    wall = time.perf_counter() - started
+    run.result = _result(run, strategy, load, seed, wall)
+    return run
+
+
+async def _drive(
+    serve: ServeProcess,
+    strategy: Any,
+    load: LoadSpec,
+    seed: int,
+    settings: ServerSettings,
+    idle_window: float,
+    holder: list[LiveRun],
+) -> None:
+    proxy = await serve.wait_ready()
+    plans = schedule(load, seed) if load.rate > 0 else []
+    kernel = Kernel(live=True)
+    with contextlib.ExitStack() as sockets:
+        uac_socket = UdpSocket()
+        sockets.callback(uac_socket.close)
+        uas_socket = UdpSocket()
+        sockets.callback(uas_socket.close)
+        ledger = Ledger(race_code=load.race_code)
+        uac = Uac(
+            uac_socket.address,
+            uas_socket.address,
+            reinvites=load.reinvites,
+            gap=load.gap,
+            outbound_proxy=proxy,
+            observer=ledger,
+        )
+        uas = Uas(uas_socket.address, race_code=load.race_code, observer=ledger)
+        uac_host = UdpHost(kernel, uac_socket, uac)
+        uas_host = UdpHost(kernel, uas_socket, uas)
+        run = LiveRun({}, ledger, uac, uas, {}, len(plans))
+        holder.append(run)
+
+        def start_call(i: int, origin: float) -> None:
+            plan = plans[i]
+            uac_host.emit(uac.start_call(plan.index, kernel.now, origin + plan.start))
+            if i + 1 < len(plans):
+                kernel.call_at(origin + plans[i + 1].start, start_call, i + 1, origin)
+
+        def begin() -> None:
+            run.load_start = kernel.now
+            if plans:
+                kernel.call_at(run.load_start + plans[0].start, start_call, 0, run.load_start)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(kernel.run)
+            tasks.start_soon(uac_socket.receive_loop, uac_host.datagram)
+            tasks.start_soon(uas_socket.receive_loop, uas_host.datagram)
+            serve.snapshot()  # idle window opens
+            await anyio.sleep(idle_window)
+            serve.snapshot()  # load window opens
+            kernel.submit(begin)
+            await anyio.sleep(load.duration)
+            serve.snapshot()  # load window closes
+            hard_end = anyio.current_time() + settings.fr_timer + DRAIN_GRACE
+            while anyio.current_time() < hard_end and not (
+                uac.active == 0 and len(uac.calls) == len(plans)
+            ):
+                await anyio.sleep(_POLL * 5)
+            tasks.cancel_scope.cancel()
+        run.counters = {
+            **{f"uac socket: {k}": v for k, v in uac_socket.counters.items()},
+            **{f"uas socket: {k}": v for k, v in uas_socket.counters.items()},
+            **{f"uac host: {k}": v for k, v in uac_host.counters.items()},
+            **{f"uas host: {k}": v for k, v in uas_host.counters.items()},
+        }
+
+
+# ---------------------------------------------------------------------------- the result
+
+
+def _windows(report: dict[str, Any]) -> tuple[CpuWindow, CpuWindow, dict[str, Any]]:
+    """The idle and load windows between serve's three SIGUSR1 snapshots."""
+    marks = [s for s in report["snapshots"] if str(s["label"]).startswith("usr1-")]
+    if len(marks) < 3:
+        raise LiveTargetError(f"deferbench serve took {len(marks)} of 3 snapshots (signals lost)")
+    idle_start, load_start, load_end = marks[:3]
+    return _window(idle_start, load_start), _window(load_start, load_end), load_end
+
+
+def _window(first: dict[str, Any], last: dict[str, Any]) -> CpuWindow:
+    seconds = max(last["t"] - first["t"], 1e-9)
+    busy: dict[str, float] = {}
+    for role, value in last["cpu_by_role"].items():
+        busy[role] = max(0.0, value - first["cpu_by_role"].get(role, 0.0))
+    wakeups = {
+        role: value - first["wakeups_by_role"].get(role, 0)
+        for role, value in last["wakeups_by_role"].items()
+    }
+    process_cpu = last["process_cpu"] - first["process_cpu"]
+    busy["unattributed"] = max(0.0, process_cpu - sum(busy.values()))
+    return CpuWindow(seconds, 1, busy, wakeups)
+
+
+def _result(run: LiveRun, strategy: Any, load: LoadSpec, seed: int, wall: float) -> dict[str, Any]:
+    report = run.report
+    idle, window, load_end = _windows(report)
+    entry = strategy_entry(
+        strategy=strategy,
+        target=TARGET,
+        load=load,
+        seed=seed,
+        records=[DeferralRecord.from_json(r) for r in report["deferrals"]],
+        ledger=run.ledger,
+        uac=run.uac,
+        uas=run.uas,
+        window=window,
+        idle=idle,
+        counters=report["counters"],
+        sources=(
+            ("proxy", report["proxy"]),
+            ("uac", run.uac.counters),
+            ("uas", run.uas.counters),
+            ("harness", run.counters),
+        ),
+        calls_planned=run.calls_planned,
+        samples=[],
+        wall=wall,
+        speed_wall=None,
+        load_start=run.load_start,
+    )
+    entry["queue_depth"] = {
+        "max": load_end.get("queue_depth_max"),
+        "mean": load_end.get("queue_depth_mean"),
+    }
+    return entry

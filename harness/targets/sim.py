@@ -1,0 +1,305 @@
+"""The sim target: one seeded load through one strategy's model, on virtual time.
+
+One `Kernel` (driven on trio's `MockClock` by `run_on_virtual_time`), one modelled Kamailio
+`Server` running the strategy, a `Uac` and a `Uas` (`harness.endpoints`) and the
+`SimNetwork` between them. Calls start at the load's seeded schedule; the run ends when
+every call has finished, or at duration + fr_timer + 5 s at the latest (a transaction
+nobody resumes is answered 408 by the fr_timer, so that bound accounts for every one).
+
+Figures, all on virtual time:
+- delay: resume − suspend of each deferral the server recorded (`server.deferrals`);
+  lateness and the early share against the strategy's requested delay.
+- e2e: intended send time of each re-INVITE -> its first final response at the UAC.
+- ledger: the UAC/UAS reports plus the server's resumes (more than one: duplicated) and
+  stale continues, closed into one outcome per re-INVITE (`harness.ledger`).
+- CPU over the load window [0, duration]: modelled busy time of every process / (window ×
+  cores) (`busy_share`), wake-ups per second, busy µs per re-INVITE sent in the window, and
+  the same by process role. `idle_share` comes from a second run of the same server with
+  no traffic for `duration`, at most 10 s (the standing cost is periodic: 10 s hold
+  thousands of timer periods); `run_idle` gives the idle case in full, by role.
+- queue depth: datagrams waiting in the UDP socket plus the strategy's own backlog (if it
+  has `backlog() -> int`), sampled every 10 ms of the load window.
+- speed: re-INVITE transactions simulated per wall-clock second of the loaded run.
+
+The same seed gives the same result, except `wall_seconds` and `sim_txn_per_wall_s`.
+This module must not compute percentiles, outcomes or CPU shares itself
+(`harness.targets.common` does, for every target), and never sleeps or opens a socket.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from core.events import Address
+from core.runtime.costs import CostProfile
+from core.runtime.kernel import Kernel, run_on_virtual_time
+from core.runtime.server import Server, ServerSettings
+from harness.endpoints import Uac, Uas
+from harness.ledger import Ledger
+from harness.load import LoadSpec, schedule
+from harness.network import UAC, UAS, Link, SimHost, SimNetwork, Wire
+from harness.targets.common import CpuWindow, DeferralRecord, strategy_entry
+from strategies import parse_spec
+from strategies.base import Strategy
+
+TARGET = "sim"
+SAMPLE_INTERVAL = 0.010  # queue-depth sampling period (virtual seconds)
+DRAIN_GRACE = 5.0  # seconds after duration + fr_timer before a run is cut off
+IDLE_WINDOW_MAX = 10.0  # the idle run behind `idle_share` lasts min(duration, this)
+_STEP = 0.1  # virtual seconds between "have all calls ended?" checks after the load window
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """The four directions of the sim network (None: the default 0.5 ms ± 0.2 ms, no loss)."""
+
+    uac_to_proxy: Link | None = None
+    proxy_to_uas: Link | None = None
+    uas_to_proxy: Link | None = None
+    proxy_to_uac: Link | None = None
+
+    def as_kwargs(self) -> dict[str, Link | None]:
+        return {
+            "uac_to_proxy": self.uac_to_proxy,
+            "proxy_to_uas": self.proxy_to_uas,
+            "uas_to_proxy": self.uas_to_proxy,
+            "proxy_to_uac": self.proxy_to_uac,
+        }
+
+
+def _window_of(server: Server, seconds: float) -> CpuWindow:
+    """Modelled busy seconds and wake-ups by role at the end of a window starting at 0."""
+    return CpuWindow(
+        seconds, server.settings.cores, server.busy_by_role(), server.wakeups_by_role()
+    )
+
+
+_Window = CpuWindow  # the name this module used before the figures moved to `common`
+
+
+@dataclass
+class SimRun:
+    """One sim run: the result-schema entry plus the objects that produced it (for tests)."""
+
+    result: dict[str, Any]
+    kernel: Kernel
+    server: Server
+    ledger: Ledger
+    uac: Uac
+    uas: Uas
+    network: SimNetwork
+    end: float  # virtual time the run stopped
+    calls_planned: int
+    window: _Window | None = None  # busy time and wake-ups over [0, duration]
+    samples: list[int] = field(default_factory=list)  # queue depth every 10 ms
+
+
+def run_sim(
+    strategy_spec: str,
+    load: LoadSpec,
+    seed: int,
+    settings: ServerSettings | None = None,
+    costs: CostProfile | None = None,
+    *,
+    uac_to_proxy: Link | None = None,
+    proxy_to_uas: Link | None = None,
+    uas_to_proxy: Link | None = None,
+    proxy_to_uac: Link | None = None,
+    wire: Wire = "objects",
+    measure_idle: bool = True,
+) -> dict[str, Any]:
+    """Drive `load` (seeded by `seed`) through `strategy_spec` on virtual time.
+
+    Returns one strategy entry of the `deferbench.result/1` schema. `measure_idle=False`
+    skips the second, traffic-free run (`cpu.idle_share` is then null).
+    A load with rate 0 is the idle case: no calls, CPU and wake-ups of the idle server.
+    """
+    links = Links(uac_to_proxy, proxy_to_uas, uas_to_proxy, proxy_to_uac)
+    run = simulate(strategy_spec, load, seed, settings, costs, links=links, wire=wire,
+                   measure_idle=measure_idle)  # fmt: skip
+    return run.result
+
+
+def run_idle(
+    strategy_spec: str,
+    duration: float,
+    seed: int,
+    settings: ServerSettings | None = None,
+    costs: CostProfile | None = None,
+) -> dict[str, Any]:
+    """The idle case: the server with no traffic for `duration`; CPU and wake-ups by role."""
+    return run_sim(strategy_spec, idle_load(duration), seed, settings, costs, measure_idle=False)
+
+
+def idle_load(duration: float) -> LoadSpec:
+    """A load of no calls for `duration` seconds (rate 0 bypasses the load-spec check)."""
+    if not duration > 0:
+        raise ValueError(f"idle duration must be > 0 s, got {duration!r}")
+    return LoadSpec(rate=0.0, duration=duration, arrival="constant")
+
+
+def simulate(
+    strategy_spec: str,
+    load: LoadSpec,
+    seed: int,
+    settings: ServerSettings | None = None,
+    costs: CostProfile | None = None,
+    *,
+    links: Links | None = None,
+    wire: Wire = "objects",
+    measure_idle: bool = True,
+) -> SimRun:
+    """`run_sim`, keeping the server, ledger, endpoints and network for inspection."""
+    strategy = parse_spec(strategy_spec)  # SpecError (one line) before anything runs
+    settings = replace(settings or ServerSettings(), seed=seed)
+    costs = costs or CostProfile()
+    links = links or Links()
+    started = time.perf_counter()
+    run = _run_loaded(strategy, load, seed, settings, costs, links, wire)
+    loaded_wall = time.perf_counter() - started
+    idle: _Window | None = None
+    if load.rate <= 0:
+        idle = run.window
+    elif measure_idle:
+        window = min(load.duration, IDLE_WINDOW_MAX)
+        idle = _run_idle_window(strategy_spec, window, settings, costs)
+    wall = time.perf_counter() - started
+    run.result = _result(run, strategy, load, seed, settings, idle, wall, loaded_wall)
+    return run
+
+
+# ---------------------------------------------------------------------------- the runs
+
+
+def _run_loaded(
+    strategy: Strategy,
+    load: LoadSpec,
+    seed: int,
+    settings: ServerSettings,
+    costs: CostProfile,
+    links: Links,
+    wire: Wire,
+) -> SimRun:
+    plans = schedule(load, seed) if load.rate > 0 else []
+    duration = load.duration
+    hard_end = duration + settings.fr_timer + DRAIN_GRACE
+    holder: list[SimRun] = []
+
+    async def main() -> None:
+        kernel = Kernel()
+        proxy = settings.address
+        ledger = Ledger(race_code=load.race_code)
+        network = SimNetwork(kernel, seed, proxy=proxy, wire=wire, **links.as_kwargs())
+        send = network.send
+
+        def transport(message: Any, destination: Address) -> None:
+            send(message, proxy, destination)
+
+        server = Server(kernel, strategy, settings, costs, transport)
+        network.attach(proxy, server.receive, owns=True, takes_bytes=True)
+        uac = Uac(
+            UAC,
+            UAS,
+            reinvites=load.reinvites,
+            gap=load.gap,
+            outbound_proxy=proxy,
+            observer=ledger,
+        )
+        uas = Uas(UAS, race_code=load.race_code, observer=ledger)
+        uac_host = SimHost(kernel, network, UAC, uac)
+        SimHost(kernel, network, UAS, uas)
+        run = SimRun({}, kernel, server, ledger, uac, uas, network, 0.0, len(plans))
+        holder.append(run)
+
+        def start_call(i: int) -> None:
+            plan = plans[i]
+            uac_host.emit(uac.start_call(plan.index, kernel.now, plan.start))
+            if i + 1 < len(plans):
+                kernel.call_at(plans[i + 1].start, start_call, i + 1)
+
+        if plans:
+            kernel.call_at(plans[0].start, start_call, 0)
+
+        backlog = getattr(strategy, "backlog", None)
+        socket = server.sip_socket
+        samples = run.samples
+        last_sample = duration - 1e-9
+
+        def sample() -> None:
+            depth = len(socket)
+            if backlog is not None:
+                depth += int(backlog())
+            samples.append(depth)
+            if kernel.now + SAMPLE_INTERVAL < last_sample:
+                kernel.call_at(kernel.now + SAMPLE_INTERVAL, sample)
+
+        kernel.call_at(0.0, sample)
+        await kernel.run(until=duration)
+        run.window = _window_of(server, duration)
+        now = duration
+        while now < hard_end and not (uac.active == 0 and len(uac.calls) == len(plans)):
+            now = min(hard_end, now + _STEP)
+            await kernel.run(until=now)
+        run.end = kernel.now
+
+    run_on_virtual_time(main)
+    return holder[0]
+
+
+def _run_idle_window(
+    strategy_spec: str, duration: float, settings: ServerSettings, costs: CostProfile
+) -> _Window:
+    """The same server with no traffic for `duration`: its standing CPU and wake-ups."""
+    holder: list[_Window] = []
+
+    async def main() -> None:
+        kernel = Kernel()
+        server = Server(kernel, parse_spec(strategy_spec), settings, costs)
+        await kernel.run(until=duration)
+        holder.append(_window_of(server, duration))
+
+    run_on_virtual_time(main)
+    return holder[0]
+
+
+# ---------------------------------------------------------------------------- the result
+
+
+def _result(
+    run: SimRun,
+    strategy: Strategy,
+    load: LoadSpec,
+    seed: int,
+    settings: ServerSettings,
+    idle: _Window | None,
+    wall: float,
+    loaded_wall: float,
+) -> dict[str, Any]:
+    server = run.server
+    assert run.window is not None
+    role_of = {process.name: process.role for process in server.processes}
+    return strategy_entry(
+        strategy=strategy,
+        target=TARGET,
+        load=load,
+        seed=seed,
+        records=[DeferralRecord.of(d, role_of) for d in server.deferrals.values()],
+        ledger=run.ledger,
+        uac=run.uac,
+        uas=run.uas,
+        window=run.window,
+        idle=idle,
+        counters=server.counters,
+        sources=(
+            ("proxy", server.proxy.stats()),
+            ("uac", run.uac.counters),
+            ("uas", run.uas.counters),
+            ("network", run.network.stats()),
+        ),
+        calls_planned=run.calls_planned,
+        samples=run.samples,
+        wall=wall,
+        speed_wall=loaded_wall,
+    )
