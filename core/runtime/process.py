@@ -18,6 +18,7 @@ time waiting for a core and their wake-ups.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Generator
 from typing import Any
@@ -69,9 +70,17 @@ class Process:
         "busy",
         "cpu_wait",
         "wakeups",
+        "cpu_time",
         "_program",
         "_wait_started",
     )
+
+    def __new__(cls, kernel: Kernel, *args: Any, **kwargs: Any) -> Process:
+        # A live kernel's processes measure the real CPU of their steps (`MeasuredProcess`);
+        # the choice is made once per process, so the virtual-time step stays untouched.
+        if cls is Process and kernel.live:
+            cls = MeasuredProcess
+        return object.__new__(cls)
 
     def __init__(self, kernel: Kernel, cpu: CpuPool, role: str, name: str) -> None:
         self.kernel = kernel
@@ -81,6 +90,7 @@ class Process:
         self.busy = 0.0  # seconds holding a core
         self.cpu_wait = 0.0  # seconds runnable but waiting for a core
         self.wakeups = 0
+        self.cpu_time = 0.0  # real CPU seconds of its steps (MeasuredProcess only)
         self._program: Program | None = None
         self._wait_started = 0.0
 
@@ -139,6 +149,20 @@ class Process:
     def _wake(self, value: Any) -> None:
         self.wakeups += 1
         self._resume(value)
+
+
+class MeasuredProcess(Process):
+    """A process on the real clock: each step also adds the thread CPU time it really took
+    to `cpu_time` (modelled `busy` stays what the cost profile charged, zero when live)."""
+
+    __slots__ = ()
+
+    def _resume(self, value: Any) -> None:
+        started = time.thread_time()
+        try:
+            Process._resume(self, value)
+        finally:
+            self.cpu_time += time.thread_time() - started
 
 
 class CpuPool:

@@ -115,6 +115,7 @@ class ServeProcess:
         )
         self.pid = self.process.pid
         self.address: Address | None = None
+        self._snapshots = 0
 
     def log_text(self) -> str:
         try:
@@ -138,10 +139,18 @@ class ServeProcess:
             await anyio.sleep(_POLL)
         raise LiveTargetError(f"deferbench serve did not listen within {timeout:g}s")
 
-    def snapshot(self) -> None:
-        """Ask serve for a CPU snapshot (SIGUSR1)."""
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGUSR1)
+    async def snapshot(self, timeout: float = 10.0) -> None:
+        """Ask serve for a CPU snapshot (SIGUSR1) and wait until it logs it: two signals
+        of one kind sent close together may merge, so they are never left in flight."""
+        if self.process.poll() is not None:
+            raise LiveTargetError(f"deferbench serve exited ({self.process.returncode})")
+        self._snapshots += 1
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while self.log_text().count("deferbench serve: snapshot usr1-") < self._snapshots:
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise LiveTargetError("deferbench serve did not take its CPU snapshot")
+            await anyio.sleep(0.002)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM, bounded wait, SIGKILL if need be; the exit status (never hangs)."""
@@ -226,6 +235,7 @@ class LiveRun:
     load_start: float = 0.0
     log: str = ""
     counters: dict[str, int] = field(default_factory=dict)
+    serve_pid: int = 0
 
 
 def run_live(
@@ -266,6 +276,7 @@ def live_run(
         finally:
             serve.stop()
         run = holder[0]
+        run.serve_pid = serve.pid
         run.report = serve.report()
         run.log = serve.log_text()
     wall = time.perf_counter() - started
@@ -320,12 +331,12 @@ async def _drive(
             tasks.start_soon(kernel.run)
             tasks.start_soon(uac_socket.receive_loop, uac_host.datagram)
             tasks.start_soon(uas_socket.receive_loop, uas_host.datagram)
-            serve.snapshot()  # idle window opens
+            await serve.snapshot()  # idle window opens
             await anyio.sleep(idle_window)
-            serve.snapshot()  # load window opens
+            await serve.snapshot()  # load window opens
             kernel.submit(begin)
             await anyio.sleep(load.duration)
-            serve.snapshot()  # load window closes
+            await serve.snapshot()  # load window closes
             hard_end = anyio.current_time() + settings.fr_timer + DRAIN_GRACE
             while anyio.current_time() < hard_end and not (
                 uac.active == 0 and len(uac.calls) == len(plans)

@@ -1,0 +1,370 @@
+"""`deferbench serve`: the live target's SIP proxy, on the real clock over UDP.
+
+The very same pieces as the sim target — the sans-IO proxy core, the Kamailio process
+model (`core.runtime.server.Server`) and the strategy — run on a real-clock `Kernel` in one
+anyio event loop (trio or asyncio). A socket task hands each datagram to the server's
+bounded UDP queue; the SIP workers, timer processes and task workers stay concurrent
+activities of the kernel, and a "blocking" sleep blocks its worker, not the event loop.
+
+Real clock semantics: the modelled Compute costs are zero (`LIVE_COSTS`, the work is done
+for real), sleeps are real, and CPU is measured: process CPU (`time.process_time`) and the
+thread CPU time of every process step, summed per role (`Kernel(live=True)`). CPU spent
+outside process steps (socket reads, the event loop) is reported as role `unattributed`.
+
+Hostile input and overload, each counted in the summary, the proxy serving on:
+- malformed datagrams: answered 400 when still a request with Via/From/To/Call-ID/CSeq
+  (RFC 3261 §8.2.2 / §16.3), else dropped (the proxy core decides, `discarded: ...`);
+- datagrams above `max_message` octets: a request answered 513 Message Too Large (§21.5.14)
+  when it parses, anything else dropped (`oversize ...`);
+- Max-Forwards 0: 483 Too Many Hops (§16.3 step 3); a loop through this proxy ends there;
+  unknown methods are relayed like any non-INVITE (§16.1: a proxy need not understand them);
+  responses matching no transaction are dropped (§16.7), except late 2xx to INVITE;
+- overload: the UDP queue the SIP workers read is bounded (drops counted as
+  `udp_receive_buffer_drops`, plus the OS's own `os receive drops`), and above
+  `max_transactions` live transactions every new request is answered 503 Service
+  Unavailable statelessly, creating no transaction (`shed: 503 over transaction cap`, see
+  `LiveServer`). Memory is therefore bounded by the queue, the cap and the transaction
+  lifetimes. Deferral records are kept
+  for the report when `--report` is given (the harness's runs are bounded); without it,
+  records older than fr_timer + wait timer are dropped once counted.
+
+Signals: SIGINT/SIGTERM print a final summary, write the report and exit 0; SIGUSR1 takes a
+snapshot (time, process CPU, CPU and wake-ups per role, the queue depth arriving datagrams
+found since the previous one)
+that the harness uses to bound its idle and load windows.
+
+What this module must not do: compute a percentile or a ledger (the harness does, with
+`harness.targets.common`), or change what the core and the strategies decide.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from core.events import Address
+from core.runtime.costs import CostProfile
+from core.runtime.kernel import Kernel
+from core.runtime.server import Server, ServerSettings
+from core.sip import SipMessage, SipParseError, SipRequest, make_response, parse_message
+from harness.targets.common import DeferralRecord
+from harness.udp import UdpSocket
+from strategies import parse_spec
+
+LIVE_COSTS = CostProfile(**{f.name: 0.0 for f in fields(CostProfile)})
+"""Nothing modelled is charged on the live target: real work takes real CPU, and real
+sleeps overshoot by themselves."""
+
+BACKENDS = ("trio", "asyncio")
+DEFAULT_MAX_TRANSACTIONS = 20_000
+DEFAULT_MAX_MESSAGE = 16_384
+SHED_TAG = b"deferbench-shed-503"
+RECORD_RETENTION_MARGIN = 10.0  # s beyond fr_timer + wait timer before a record may go
+REPORT_SCHEMA = "deferbench.serve/1"
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything `deferbench serve` takes."""
+
+    strategy: str
+    listen: Address = ("127.0.0.1", 5060)
+    backend: str = "trio"
+    settings: ServerSettings = field(default_factory=ServerSettings)
+    interval: float = 1.0  # seconds between summary lines (0: none)
+    report: Path | None = None
+    max_transactions: int = DEFAULT_MAX_TRANSACTIONS
+    max_message: int = DEFAULT_MAX_MESSAGE
+    ready: Callable[[Address], None] | None = None  # called once the socket listens
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.interval < 0:
+            raise ValueError(f"interval must be >= 0 s, got {self.interval}")
+        if self.max_transactions < 1:
+            raise ValueError(f"max transactions must be >= 1, got {self.max_transactions}")
+        if not 512 <= self.max_message <= 65_535:
+            raise ValueError(f"max message must be in 512..65535 octets, got {self.max_message}")
+
+
+class LiveServer(Server):
+    """The modelled server plus the live target's admission control.
+
+    Above `max_transactions` live transactions a new request is answered 503 Service
+    Unavailable *statelessly* (as `sl_send_reply("503")` before `t_newtran()` would be in
+    kamailio.cfg): no transaction is created, so shedding itself cannot grow memory. The
+    ACK for such a 503 is recognised by its To tag and absorbed. Shedding happens on
+    arrival, before the UDP queue; a retransmission of an existing transaction that
+    arrives while over the cap is shed too (its UAC then sees the 503 first).
+    """
+
+    max_transactions = DEFAULT_MAX_TRANSACTIONS
+
+    def receive(self, data: bytes | SipMessage, source: Address) -> None:
+        if isinstance(data, bytes):
+            # Transactions that exist plus those that may come out of the queued datagrams.
+            live = self.proxy.stats()["transactions_live"] + len(self.sip_socket)
+            if live >= self.max_transactions and self._shed(data, source):
+                return
+            if SHED_TAG in data and self._absorb_shed_ack(data):
+                return
+        Server.receive(self, data, source)
+
+    def _shed(self, data: bytes, source: Address) -> bool:
+        try:
+            message = parse_message(data)
+        except SipParseError:
+            return False  # the proxy core answers or drops it as usual
+        if not isinstance(message, SipRequest) or message.method in ("ACK", "CANCEL"):
+            return False
+        via = message.top_via
+        if via is None:
+            return False
+        response = make_response(message, 503, "Service Unavailable", SHED_TAG.decode())
+        port = source[1] if via.rport is not None else via.port or 5060
+        self.transport(response, (source[0], port))
+        self.count("shed: 503 over transaction cap")
+        return True
+
+    def _absorb_shed_ack(self, data: bytes) -> bool:
+        try:
+            message = parse_message(data)
+        except SipParseError:
+            return False
+        is_ack = isinstance(message, SipRequest) and message.method == "ACK"
+        if is_ack and message.to_tag == SHED_TAG.decode():
+            self.count("shed: ACK of a 503 absorbed")
+            return True
+        return False
+
+
+class LiveProxy:
+    """One running live proxy: socket, kernel, server, books."""
+
+    def __init__(self, options: ServeOptions, log: TextIO | None = None) -> None:
+        self.options = options
+        self.log = log if log is not None else sys.stderr
+        self.strategy = parse_spec(options.strategy)  # SpecError before any socket opens
+        self.kernel = Kernel(live=True)
+        self.socket = UdpSocket(*options.listen)
+        settings = replace(options.settings, address=self.socket.address)
+        self.server = LiveServer(self.kernel, self.strategy, settings, LIVE_COSTS, self._send)
+        self.server.max_transactions = options.max_transactions
+        self.counters: Counter[str] = Counter()
+        self.snapshots: list[dict[str, Any]] = []
+        self.retired: list[DeferralRecord] = []  # records moved out of server.deferrals
+        self._retired_count = Counter[str]()
+        self._depth_max = 0
+        self._depth_sum = 0
+        self._depth_n = 0
+        self._cpu_start = time.process_time()
+        self._last = (0.0, self._cpu_start, 0, 0)  # time, cpu, datagrams in, deferrals
+
+    @property
+    def address(self) -> Address:
+        return self.socket.address
+
+    # ------------------------------------------------------------------ network
+
+    def _send(self, message: SipMessage, destination: Address) -> None:
+        self.socket.send(bytes(message), destination)
+
+    def _datagram(self, data: bytes, source: Address) -> None:
+        """Socket task: oversize datagrams are handled here; the rest go to the workers."""
+        try:
+            if len(data) > self.options.max_message:
+                self._oversize(data, source)
+                return
+            self._sample()
+        except Exception as error:  # noqa: BLE001 - one datagram must not stop the server
+            self.counters[f"internal error: {type(error).__name__}"] += 1
+            return
+        self.kernel.submit(self.server.receive, data, source)
+
+    def _oversize(self, data: bytes, source: Address) -> None:
+        try:
+            message = parse_message(data)
+        except SipParseError:
+            message = None
+        if isinstance(message, SipRequest) and message.method != "ACK":
+            via = message.top_via
+            if via is not None:
+                response = make_response(message, 513, "Message Too Large", "oversize")
+                port = source[1] if via.rport is not None else via.port or 5060
+                self.socket.send(bytes(response), (source[0], port))
+                self.counters["oversize requests answered 513"] += 1
+                return
+        self.counters["oversize datagrams dropped"] += 1
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        """Serve until SIGINT/SIGTERM (or cancellation); then summary and report."""
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+        try:
+            with anyio.open_signal_receiver(*signals) as received:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(self.kernel.run)
+                    tasks.start_soon(self.socket.receive_loop, self._datagram)
+                    if self.options.interval:
+                        self.kernel.call_later(self.options.interval, self._interval)
+                    self.snapshot("start")
+                    self._say(
+                        f"deferbench serve: listening on {self.address[0]}:{self.address[1]} "
+                        f"strategy {self.strategy.spec} backend {self.options.backend} "
+                        f"children {self.server.settings.children}"
+                    )
+                    if self.options.ready is not None:
+                        self.options.ready(self.address)
+                    async for signum in received:
+                        if signum == signal.SIGUSR1:
+                            snap = self.snapshot(f"usr1-{len(self.snapshots)}")
+                            self._say(f"deferbench serve: snapshot {snap['label']} t={snap['t']}")
+                            continue
+                        break
+                    tasks.cancel_scope.cancel()
+        finally:
+            self.finish()
+
+    def finish(self) -> None:
+        """Final snapshot, summary line and report (idempotent enough to call once)."""
+        self.snapshot("end")
+        self._say("deferbench serve: final " + self.summary_line(final=True))
+        if self.options.report is not None:
+            self.write_report(self.options.report)
+        self.socket.close()
+
+    def _say(self, line: str) -> None:
+        print(line, file=self.log, flush=True)
+
+    # ------------------------------------------------------------------ books
+
+    def _sample(self) -> None:
+        """Queue depth as an arriving datagram finds it (no timer: idle stays idle)."""
+        depth = len(self.server.sip_socket) + self.strategy.backlog(self.server)
+        if depth > self._depth_max:
+            self._depth_max = depth
+        self._depth_sum += depth
+        self._depth_n += 1
+
+    def _interval(self) -> None:
+        self._say("deferbench serve: " + self.summary_line())
+        if self.options.report is None:
+            self._retire_old_records()
+        self.kernel.call_later(self.options.interval, self._interval)
+
+    def totals(self) -> Counter[str]:
+        """Deferral outcomes so far (retired records included)."""
+        out = Counter(self._retired_count)
+        for deferral in self.server.deferrals.values():
+            out[deferral.outcome] += 1
+            out["deferred"] += 1
+        return out
+
+    def summary_line(self, final: bool = False) -> str:
+        now = self.kernel.now
+        cpu = time.process_time()
+        received = self.socket.counters["received"]
+        totals = self.totals()
+        first = (0.0, self._cpu_start, 0, 0)
+        then, cpu_then, received_then, deferred_then = first if final else self._last
+        self._last = (now, cpu, received, totals["deferred"])
+        span = max(now - then, 1e-9)
+        proxy = self.server.proxy.stats()
+        counters = self.server.counters
+        dropped = counters["udp_receive_buffer_drops"] + (self.socket.os_drops() or 0)
+        discarded = sum(v for k, v in counters.items() if k.startswith("discarded"))
+        hostile = (
+            self.counters["oversize requests answered 513"]
+            + self.counters["oversize datagrams dropped"]
+        )
+        return (
+            f"t={now:.1f}s in={(received - received_then) / span:.0f}/s "
+            f"deferred={(totals['deferred'] - deferred_then) / span:.0f}/s "
+            f"total deferred={totals['deferred']} resumed={totals['resumed']} "
+            f"timed_out={totals['timed_out']} pending={totals['pending']} "
+            f"live_txn={proxy['transactions_live']} dropped={dropped} "
+            f"shed503={counters['shed: 503 over transaction cap']} "
+            f"discarded={discarded} answered_malformed={proxy.get('malformed_answered', 0)} "
+            f"too_many_hops={proxy.get('too_many_hops', 0)} oversize={hostile} "
+            f"cpu={(cpu - cpu_then) / span:.1%}"
+        )
+
+    def _retire_old_records(self) -> None:
+        horizon = self.kernel.now - (
+            self.server.settings.fr_timer + self.server.proxy.config.wt_timer
+        )
+        horizon -= RECORD_RETENTION_MARGIN
+        deferrals = self.server.deferrals
+        for txn in [t for t, d in deferrals.items() if d.suspended_at < horizon]:
+            deferral = deferrals.pop(txn)
+            self._retired_count[deferral.outcome] += 1
+            self._retired_count["deferred"] += 1
+
+    def snapshot(self, label: str) -> dict[str, Any]:
+        """CPU and wake-ups per role now, and the queue depth since the previous snapshot."""
+        cpu: Counter[str] = Counter()
+        wakeups: Counter[str] = Counter()
+        for process in self.server.processes:
+            cpu[process.role] += process.cpu_time
+            wakeups[process.role] += process.wakeups
+        snap = {
+            "label": label,
+            "t": self.kernel.now,
+            "process_cpu": time.process_time() - self._cpu_start,
+            "cpu_by_role": dict(cpu),
+            "wakeups_by_role": dict(wakeups),
+            "queue_depth_max": self._depth_max if self._depth_n else None,
+            "queue_depth_mean": self._depth_sum / self._depth_n if self._depth_n else None,
+        }
+        self._depth_max = self._depth_sum = self._depth_n = 0
+        self.snapshots.append(snap)
+        return snap
+
+    def report(self) -> dict[str, Any]:
+        """Everything the harness needs to build a result entry, JSON-ready."""
+        role_of = {process.name: process.role for process in self.server.processes}
+        counters = dict(self.server.counters)
+        for name, value in self.counters.items():
+            counters[f"live: {name}"] = value
+        for name, value in self.socket.counters.items():
+            counters[f"udp: {name}"] = value
+        os_drops = self.socket.os_drops()
+        if os_drops is not None:
+            counters["udp: os receive drops"] = os_drops
+        return {
+            "schema": REPORT_SCHEMA,
+            "strategy": self.strategy.spec,
+            "backend": self.options.backend,
+            "listen": list(self.address),
+            "snapshots": self.snapshots,
+            "deferrals": [
+                DeferralRecord.of(d, role_of).to_json() for d in self.server.deferrals.values()
+            ],
+            "retired_deferrals": dict(self._retired_count),
+            "counters": counters,
+            "proxy": self.server.proxy.stats(),
+        }
+
+    def write_report(self, path: Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.report()), encoding="utf-8")
+        tmp.replace(path)
+
+
+def serve(options: ServeOptions, log: TextIO | None = None) -> LiveProxy:
+    """Run the live proxy until SIGINT/SIGTERM on `options.backend`; returns it, stopped."""
+    proxy = LiveProxy(options, log)
+    anyio.run(proxy.run, backend=options.backend)
+    return proxy
