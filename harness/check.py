@@ -300,6 +300,7 @@ def _comparable(baseline: RunResult, new: RunResult) -> None:
         ("target", baseline.target, new.target),
         ("load", baseline.load.spec, new.load.spec),
         ("seed", baseline.seed, new.seed),
+        ("network", baseline.network, new.network),
     ):
         if old != now:
             raise CheckError(

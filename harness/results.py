@@ -26,6 +26,7 @@ measured or nothing to measure):
       },
       "seed": 1,
       "server": {"children": 8, "cores": 4, "fr_timer_ms": 30000},
+      "network": "1ms±1ms" | null,                   # sim: link latency ± jitter (loss)
       "machine": {"platform": "Linux-6.1-x86_64", "python": "3.11.2",
                   "cpu_count": 8, "cpu_model": "AMD EPYC ..." | null},
       "strategies": [ {
@@ -393,6 +394,7 @@ class RunResult:
     server: ServerFacts
     machine: MachineFacts
     strategies: list[StrategyResult]
+    network: str | None = None  # sim: the link model every direction used, e.g. "1ms±1ms"
     schema: str = SCHEMA
 
     def strategy(self, spec: str) -> StrategyResult | None:
@@ -452,6 +454,7 @@ class RunResult:
                 cpu_model=machine.string("cpu_model", nullable=True),
             ),
             strategies=[StrategyResult.from_json(_Reader(s, p)) for s, p in r.array("strategies")],
+            network=r.string("network", nullable=True) if "network" in data else None,
         )
 
 

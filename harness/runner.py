@@ -1,0 +1,192 @@
+"""Runs a load through several strategies and assembles one result document.
+
+Strategies run in parallel through any `concurrent.futures.Executor`: a process pool on
+this machine's cores, or a Dask cluster's executor for sweeps that outgrow one machine —
+the same code path either way. Each job is a pure function of picklable arguments, so the
+sim figures do not depend on where or in which order the jobs ran.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from core.runtime.costs import CostProfile
+from core.runtime.server import ServerSettings
+from harness.load import LoadSpec, parse_load
+from harness.network import Link
+from harness.results import MachineFacts, RunResult, tool_version, utc_now
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One strategy under one load: everything a worker process needs, picklable."""
+
+    strategy: str
+    load: str  # canonical load spec
+    seed: int
+    settings: ServerSettings
+    costs: CostProfile
+    target: str = "sim"
+    backend: str | None = None  # anyio backend of the live proxy (live target only)
+    network: Link | None = None  # sim: every direction of the simulated network
+
+
+def run_job(job: Job) -> dict[str, Any]:
+    """Execute one job (in whatever process the executor chose); a result-schema entry."""
+    if job.target == "live":
+        from harness.targets.live import run_live
+
+        return run_live(
+            job.strategy, parse_load(job.load), job.seed, job.settings, job.backend or "trio"
+        )
+    if job.target != "sim":
+        raise ValueError(f"target {job.target!r} is not available in this build")
+    from harness.targets.sim import run_sim
+
+    link = job.network
+    return run_sim(
+        job.strategy, parse_load(job.load), job.seed, job.settings, job.costs,
+        uac_to_proxy=link, proxy_to_uas=link, uas_to_proxy=link, proxy_to_uac=link,
+    )  # fmt: skip
+
+
+Progress = Callable[[int, int, str, float], None]
+
+
+def execute(
+    jobs: Sequence[Job], executor: Executor | None = None, progress: Progress | None = None
+) -> list[dict[str, Any]]:
+    """Run `jobs`, in parallel when an executor is given; results in the order of `jobs`."""
+    started = time.perf_counter()
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    if executor is None:
+        for i, job in enumerate(jobs):
+            results[i] = run_job(job)
+            if progress:
+                progress(i + 1, len(jobs), job.strategy, time.perf_counter() - started)
+    else:
+        futures: dict[Future[dict[str, Any]], int] = {
+            executor.submit(run_job, job): i for i, job in enumerate(jobs)
+        }
+        for done, future in enumerate(as_completed(futures), start=1):
+            index = futures[future]
+            results[index] = future.result()
+            if progress:
+                progress(done, len(jobs), jobs[index].strategy, time.perf_counter() - started)
+    return [r for r in results if r is not None]
+
+
+WALL_CLOCK_FIELDS = ("wall_seconds", "sim_txn_per_wall_s")
+"""Entry fields that depend on the machine, not on the model: excluded from the sim's
+determinism and collected as per-repeat samples for the statistical check."""
+
+LIVE_SAMPLED = {
+    "delay_p99_ms": lambda e: e["delay_ms"]["p99"],
+    "e2e_p99_ms": lambda e: e["e2e_ms"]["p99"],
+    "cpu_per_txn_us": lambda e: e["cpu"]["per_txn_us"],
+}
+"""Figures of real-clock targets that vary between repeats and are compared statistically."""
+
+
+def execute_repeated(
+    jobs: Sequence[Job],
+    repeat: int,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> list[dict[str, Any]]:
+    """Run `jobs` `repeat` times in alternating rounds (A B C, A B C, ...), so slow phases of a
+    noisy machine hit every strategy alike; each entry gets `samples` of its wall-clock
+    figures. Sim figures must not change between rounds: that would be a determinism bug."""
+    rounds = [execute(jobs, executor, progress) for _ in range(repeat)]
+    merged = []
+    for index, first in enumerate(rounds[0]):
+        entries = [r[index] for r in rounds]
+        samples: dict[str, list[float]] = {}
+        for name in WALL_CLOCK_FIELDS:
+            values = [e[name] for e in entries if e.get(name) is not None]
+            if values:
+                samples[name] = values
+        if jobs[index].target == "sim":
+            model = [_without_wall_clock(e) for e in entries]
+            if any(m != model[0] for m in model[1:]):
+                raise RuntimeError(f"{jobs[index].strategy}: sim figures differ between repeats")
+        else:
+            for name, get in LIVE_SAMPLED.items():
+                values = [get(e) for e in entries if get(e) is not None]
+                if values:
+                    samples[name] = values
+        merged.append({**first, "samples": samples})
+    return merged
+
+
+def _without_wall_clock(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in WALL_CLOCK_FIELDS and k != "samples"}
+
+
+def local_executor(jobs: int | None = None) -> ProcessPoolExecutor | None:
+    """A process pool on this machine's cores (None for a single job: run in-process)."""
+    workers = jobs or os.cpu_count() or 1
+    return ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+
+
+def assemble(
+    entries: Iterable[dict[str, Any]],
+    *,
+    load: LoadSpec,
+    seed: int,
+    settings: ServerSettings,
+    target: str,
+    command: Sequence[str],
+    backend: str | None = None,
+    network: Link | None = None,
+) -> RunResult:
+    """Wrap strategy entries into a validated `deferbench.result/1` document."""
+    document = {
+        "schema": "deferbench.result/1",
+        "tool_version": tool_version(),
+        "created": utc_now(),
+        "command": list(command),
+        "target": target,
+        "backend": backend,
+        "load": {
+            "spec": load.spec,
+            "fields": load.fields(),
+            "call_rate": load.call_rate,
+            "reinvite_rate": load.reinvite_rate,
+        },
+        "seed": seed,
+        "server": {
+            "children": settings.children,
+            "cores": settings.cores,
+            "fr_timer_ms": settings.fr_timer * 1000.0,
+        },
+        "machine": asdict(MachineFacts.current()),
+        "network": network.describe() if network is not None else None,
+        "strategies": list(entries),
+    }
+    return RunResult.from_json(document)
+
+
+def text_progress(stream: Any = None) -> Progress:
+    """A one-line progress bar on stderr, redrawn in place on a terminal."""
+    out = stream or sys.stderr
+    tty = hasattr(out, "isatty") and out.isatty()
+
+    def show(done: int, total: int, label: str, elapsed: float) -> None:
+        width = 24
+        filled = round(width * done / total) if total else width
+        bar = "#" * filled + "-" * (width - filled)
+        line = f"[{bar}] {done}/{total} {elapsed:5.1f}s  {label}"
+        if tty:
+            out.write("\r" + line[:120].ljust(120) + ("\n" if done == total else ""))
+        else:
+            out.write(line + "\n")
+        out.flush()
+
+    return show

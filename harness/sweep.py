@@ -1,0 +1,182 @@
+"""Sweeps: offered rates × strategies (× parameter values), capacity, and tuning answers.
+
+Capacity of a strategy is the highest offered re-INVITE rate at which
+- the ledger is clean (every re-INVITE resumed once and answered 2xx: no 491 race, no loss,
+  no 408/5xx, nothing duplicated, stale or reordered),
+- p99 lateness (delay − requested) is within `bound`, and
+- p99 end-to-end latency is within requested delay + `e2e_bound` (queueing *before* the
+  suspension, e.g. a blocking sleep's backlog in the socket, shows only there).
+The tuning question — "how many timers / workers for N re-INVITEs/s?" — is answered by the
+smallest parameter value whose capacity reaches N.
+
+Points run through any `concurrent.futures.Executor` (local process pool, or a Dask
+cluster's executor with `--scheduler`): the same jobs, the same code path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import strategies
+from core.runtime.costs import CostProfile
+from core.runtime.server import ServerSettings
+from harness.load import LoadSpec
+from harness.network import Link
+from harness.runner import Job, Progress, execute
+from strategies.spec import SpecError
+
+_RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
+
+
+class SweepError(ValueError):
+    """A sweep definition that cannot be run; one line naming the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    strategy: str  # canonical spec of the variant
+    base: str  # the strategy spec as given, before the parameter was varied
+    param: str | None
+    value: Any
+    reinvite_rate: float
+    entry: dict[str, Any]
+
+    @property
+    def lateness_p99(self) -> float | None:
+        return self.entry["lateness_ms"]["p99"]
+
+    @property
+    def e2e_p99(self) -> float | None:
+        return self.entry["e2e_ms"]["p99"]
+
+    @property
+    def busy_share(self) -> float | None:
+        return self.entry["cpu"]["busy_share"]
+
+    def clean(self) -> bool:
+        ledger = self.entry["ledger"]
+        bad = ("lost", "duplicated", "stale", "reordered", "race_491", "timeout_408",
+               "error_5xx", "other", "unknown_events", "duplicate_open")  # fmt: skip
+        return ledger["transactions"] > 0 and not any(ledger.get(k, 0) for k in bad)
+
+    def within(self, bound_ms: float, e2e_bound_ms: float) -> bool:
+        requested = self.entry["requested_delay_ms"] or 0.0
+        late, e2e = self.lateness_p99, self.e2e_p99
+        return (
+            self.clean()
+            and late is not None
+            and late <= bound_ms
+            and e2e is not None
+            and e2e <= requested + e2e_bound_ms
+        )
+
+
+def parse_values(text: str) -> tuple[str, list[str]]:
+    """'timers=1..4' -> ('timers', ['1','2','3','4']); 'take=one,all' -> ('take', ['one','all'])."""
+    name, sep, values = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not values.strip():
+        raise SweepError(f"--param {text!r}: write NAME=A,B,C or NAME=LOW..HIGH")
+    match = _RANGE.match(values)
+    if match:
+        low, high = int(match.group(1)), int(match.group(2))
+        if high < low or high - low > 256:
+            raise SweepError(f"--param {text!r}: range must be LOW..HIGH with at most 257 values")
+        return name, [str(v) for v in range(low, high + 1)]
+    return name, [v.strip() for v in values.split(",") if v.strip()]
+
+
+def variants(specs: Sequence[str], param: str | None) -> list[tuple[str, str, str | None, Any]]:
+    """(canonical variant spec, base spec, param name, value) for each strategy × value."""
+    out = []
+    name, values = parse_values(param) if param else (None, [None])
+    for base in specs:
+        base_strategy = strategies.parse_spec(base)
+        for value in values:
+            if name is None:
+                out.append((base_strategy.spec, base, None, None))
+                continue
+            params = {p.name: p for p in base_strategy.params}
+            if name not in params:
+                raise SweepError(
+                    f"--param {name}: {base_strategy.name} has no parameter {name} "
+                    f"(allowed: {base_strategy.allowed_params()})"
+                )
+            try:
+                values = {**base_strategy.values, name: params[name].parse(value)}
+                variant = type(base_strategy)(**values)
+            except SpecError as exc:
+                raise SweepError(str(exc)) from None
+            out.append((variant.spec, base, name, variant.values[name]))
+    return out
+
+
+def run_sweep(
+    specs: Sequence[str],
+    rates: Sequence[float],
+    load: LoadSpec,
+    seed: int,
+    settings: ServerSettings,
+    costs: CostProfile,
+    *,
+    param: str | None = None,
+    network: Link | None = None,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> list[SweepPoint]:
+    """Every variant at every offered re-INVITE rate; `load` gives the call shape."""
+    if not rates or any(r <= 0 for r in rates):
+        raise SweepError("--rates needs positive re-INVITE rates, e.g. 100,200,400")
+    plan = []
+    for spec, base, name, value in variants(specs, param):
+        for rate in sorted(rates):
+            point_load = replace(load, rate=rate / load.reinvites)
+            job = Job(spec, point_load.spec, seed, settings, costs, network=network)
+            plan.append((spec, base, name, value, rate, job))
+    entries = execute([p[-1] for p in plan], executor, progress)
+    return [
+        SweepPoint(spec, base, name, value, rate, entry)
+        for (spec, base, name, value, rate, _), entry in zip(plan, entries, strict=True)
+    ]
+
+
+def capacity(points: Sequence[SweepPoint], bound_ms: float, e2e_bound_ms: float) -> dict[str, Any]:
+    """Per variant: the highest rate within bounds below the first rate that is not.
+
+    Rates above a failing rate do not count (a lucky point past a cliff is not capacity).
+    None when even the lowest rate fails.
+    """
+    by_variant: dict[str, list[SweepPoint]] = {}
+    for point in points:
+        by_variant.setdefault(point.strategy, []).append(point)
+    result: dict[str, Any] = {}
+    for variant, pts in by_variant.items():
+        best = None
+        for point in sorted(pts, key=lambda p: p.reinvite_rate):
+            if not point.within(bound_ms, e2e_bound_ms):
+                break
+            best = point.reinvite_rate
+        result[variant] = best
+    return result
+
+
+def tuning_answer(
+    points: Sequence[SweepPoint], caps: dict[str, Any], target_rate: float
+) -> dict[str, Any]:
+    """Per base strategy: the smallest swept parameter value whose capacity ≥ target_rate."""
+    answer: dict[str, Any] = {}
+    seen: dict[str, list[tuple[Any, str]]] = {}
+    for point in points:
+        if point.param is None:
+            continue
+        seen.setdefault(point.base, [])
+        if (point.value, point.strategy) not in seen[point.base]:
+            seen[point.base].append((point.value, point.strategy))
+    for base, options in seen.items():
+        enough = [(v, s) for v, s in options if (caps.get(s) or 0) >= target_rate]
+        answer[base] = min(enough, key=lambda vs: vs[0])[0] if enough else None
+    return answer
