@@ -437,6 +437,16 @@ class AsyncModuleStrategy(Strategy):
     def install(self, server: Server) -> None:
         self._modules[server] = AsyncModule(server, self.module_config)
 
+    def backlog(self, server: Server) -> int:
+        """Items in the seconds ring and the ms list, plus tasks waiting for a task worker."""
+        module = self._modules[server]
+        waiting = len(module.tasks.queue)
+        if module.ring is not None:
+            waiting += len(module.ring)
+        if module.ms_list is not None:
+            waiting += len(module.ms_list)
+        return waiting
+
     def module(self, server: Server) -> AsyncModule:
         """The module state installed on `server` (tests and reports look inside)."""
         return self._modules[server]

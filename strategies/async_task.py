@@ -88,6 +88,10 @@ class AsyncTask(Strategy):
     def install(self, server: Server) -> None:
         server.task_group(self._config())
 
+    def backlog(self, server: Server) -> int:
+        """Tasks waiting on the default group's socket for an idle task worker."""
+        return len(server.task_groups["default"].queue)
+
     def defer(self, server: Server, process: Process, txn: TxnId) -> Program:
         outcome = yield from server.suspend(process, txn)
         if outcome is SuspendOutcome.ALREADY_CANCELLED:

@@ -76,6 +76,12 @@ class Strategy(ABC):
         """Fork this strategy's processes and create its shared state on `server`."""
         return None
 
+    def backlog(self, server: Server) -> int:
+        """Deferred requests waiting in this strategy's own queues on `server` (for the
+        queue-depth figure). Strategies without a queue of their own have none: requests a
+        blocked SIP worker has not read yet wait in the UDP socket, counted separately."""
+        return 0
+
     @abstractmethod
     def defer(self, server: Server, process: Process, txn: TxnId) -> Program:
         """The script's deferral of transaction `txn`, run in SIP worker `process`."""

@@ -218,6 +218,10 @@ class MqueueRtimer(Strategy):
                 )
             )
 
+    def backlog(self, server: Server) -> int:
+        """Items waiting in the mqueue (popped ones being slept out are not counted)."""
+        return len(self._pools[server].queue)
+
     def pool(self, server: Server) -> RtimerPool:
         """The queue and timer processes installed on `server`."""
         return self._pools[server]

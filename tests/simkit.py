@@ -71,26 +71,7 @@ def simulate(
     costs: CostProfile = EXACT,
 ) -> SimRun:
     """Run `spec` on virtual time; one re-INVITE (a new dialog each) at every arrival time."""
-    run: SimRun | None = None
-
-    async def main() -> None:
-        nonlocal run
-        kernel = Kernel()
-        sent: list[Sent] = []
-        server = Server(
-            kernel,
-            parse_spec(spec),
-            settings or ServerSettings(cores=2),
-            costs,
-            transport=lambda message, dest: sent.append(Sent(kernel.now, message, dest)),
-        )
-        run = SimRun(server, sent)
-        for call, at in enumerate(sorted(arrivals)):
-            kernel.call_at(at, server.receive, reinvite(call), UAC)
-        await kernel.run(until=until)
-
-    run_on_virtual_time(main)
-    assert run is not None
+    run, _ = simulate_probed(spec, arrivals, until, (), settings=settings, costs=costs)
     return run
 
 
