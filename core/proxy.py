@@ -37,11 +37,13 @@ from core.events import (
     TxnId,
 )
 from core.sip import (
+    _MISSING,
     SipMessage,
     SipParseError,
     SipRequest,
     SipResponse,
     Via,
+    _request,
     make_response,
     parse_message,
     parse_name_addr,
@@ -191,6 +193,24 @@ def via_address(via: Via) -> Address:
     return (_strip_brackets(host), port)
 
 
+def _via_parts(head: str, prefix: str) -> tuple[str, str, int | None] | None:
+    """(transport, host, port) of the Via `head` + branch suffix parses to, so the proxy can
+    build the parsed Via of what it forwards without parsing it; None if it does not parse
+    to exactly that (then forwarded messages parse their Via when asked, as any other)."""
+    try:
+        via = Via.parse(f"{head}0")
+    except SipParseError:
+        return None
+    if via != Via(via.transport, via.host, via.port, (("branch", f"{prefix}0"),)):
+        return None
+    return (via.transport, via.host, via.port)
+
+
+# Cache slots of a request that the rewrite before forwarding leaves valid (their lines are
+# copied unchanged); see `core.sip.SipMessage._cached`.
+_FORWARD_SLOTS = ("from", "to", "call-id", "cseq", "content-length")
+
+
 def _rank(status: int) -> tuple[int, int]:
     """Order of preference among final answers (RFC 3261 §16.7 step 6, simplified)."""
     return (0 if status < 300 else 1 if status >= 600 else 2, status)
@@ -222,6 +242,7 @@ class Proxy:
         self._token = f"{zlib.crc32(f'{config.label_seed}/{ref}:{port}'.encode()):08x}"
         self._via_head = f"SIP/2.0/UDP {ref}:{port};branch={MAGIC_COOKIE}{self._token}."
         self._branch_prefix = f"{MAGIC_COOKIE}{self._token}."
+        self._via_parts = _via_parts(self._via_head, self._branch_prefix)
 
     # ------------------------------------------------------------------ network input
 
@@ -435,22 +456,25 @@ class Proxy:
         actions: list[Action] = []
         if cell.is_invite and self.config.auto_inv_100 and cell.server.last_response is None:
             actions += self._send_provisional(cell, 100, now)
-        out = request.copy()
-        destination, drop_route = self._loose_route(out)
+        source, destination, drop_route = self._loose_route(request)
         if destination is None:
             return actions + self._send_final(
                 cell, self._local_response(cell, 400, "Bad Route or Request-URI"), now
             )
         number = len(cell.branches)
         branch = Branch(cell, number, None)
-        branch_id = f"{self._branch_prefix}{cell.id.index:x}.{cell.id.label:x}.{number}"
+        suffix = f"{cell.id.index:x}.{cell.id.label:x}.{number}"
+        branch_id = f"{self._branch_prefix}{suffix}"
         branch.branch_id = branch_id
         if cell.via_fix is not None:
-            out.remove_first_value("Via")
-            out.prepend("Via", cell.via_fix)
-        self._rewrite(
-            out,
-            f"{self._via_head}{cell.id.index:x}.{cell.id.label:x}.{number}",
+            if source is request:
+                source = request.copy()
+            source.remove_first_value("Via")
+            source.prepend("Via", cell.via_fix)
+        out = self._rewrite(
+            request,
+            source,
+            suffix,
             max_forwards,
             record_route=cell.is_invite and request.to_tag is None,
             drop_route=drop_route,
@@ -475,13 +499,12 @@ class Proxy:
             if max_forwards == 0:
                 return [self._discard("too many hops", f"{request.method} with Max-Forwards 0")]
             via = request.top_via
-            out = request.copy()
-            destination, drop_route = self._loose_route(out)
+            source, destination, drop_route = self._loose_route(request)
             if destination is None:
                 return [self._discard("unroutable", f"{request.method} {request.uri}")]
             incoming = via.branch if via is not None and via.branch else request.call_id
             digest = zlib.crc32(incoming.encode("utf-8", "surrogateescape"))
-            self._rewrite(out, f"{self._via_head}sl{digest:08x}", max_forwards, False, drop_route)
+            out = self._rewrite(request, source, f"sl{digest:08x}", max_forwards, False, drop_route)
         except (SipParseError, ValueError) as error:
             return [self._discard("malformed", str(error))]
         self._stats["forwarded_stateless"] += 1
@@ -845,30 +868,38 @@ class Proxy:
 
     # -- request rewriting
 
-    def _loose_route(self, out: SipRequest) -> tuple[Address | None, bool]:
+    def _loose_route(self, request: SipRequest) -> tuple[SipRequest, Address | None, bool]:
         """Find the Route entries naming this proxy (loose_route()); the next hop is the top
-        remaining Route, else the Request-URI (None if it cannot be routed).  Returns also
-        whether the rewrite pass must drop the first Route line (the common case: one
-        Route line holding exactly our Record-Route); other pops are done here."""
-        routes = out.get_all("Route")
+        remaining Route, else the Request-URI (None if it cannot be routed).  Returns the
+        message to forward from (the request itself unless Route values had to be popped
+        from a copy) and whether the rewrite pass must drop the first Route line (the common
+        case: one Route line holding exactly our Record-Route)."""
+        request._positions("")  # index and cache up to date
+        lines = request._index.get("route")
+        rr = self._record_route
+        if lines is not None and len(lines) == 1 and request._headers[lines[0]][1] == rr:
+            # One Route line, exactly our Record-Route: drop the line, go by Request-URI.
+            return request, self._uri_address(request.uri), True
+        out = request
+        routes = request.get_all("Route")
         pops = 0
         while pops < len(routes) and self._is_self(routes[pops]):
             pops += 1
         drop_line = False
-        if pops == 1 and out.get("Route") == self._record_route and len(routes) >= 1:
-            first_line = next(v for n, v in out.headers if n.lower() == "route")
-            drop_line = first_line == self._record_route
+        if pops == 1 and request.get("Route") == rr and len(routes) >= 1:
+            drop_line = request._headers[lines[0]][1] == rr  # type: ignore[index]
         if pops and not drop_line:
+            out = request.copy()
             for _ in range(pops):
                 out.remove_first_value("Route")
         if pops < len(routes):
             try:
                 target = parse_name_addr(routes[pops]).uri
             except SipParseError:
-                return None, False
+                return out, None, False
         else:
             target = out.uri
-        return self._uri_address(target), drop_line
+        return out, self._uri_address(target), drop_line
 
     def _is_self(self, route: str) -> bool:
         if route == self._record_route:
@@ -903,21 +934,26 @@ class Proxy:
 
     def _rewrite(
         self,
-        out: SipRequest,
-        via: str,
+        request: SipRequest,
+        source: SipRequest,
+        branch_suffix: str,
         max_forwards: int | None,
         record_route: bool = False,
         drop_route: bool = False,
-    ) -> None:
-        """One pass over the headers: push our Via, decrement Max-Forwards (70 if absent),
-        add Record-Route (at the top, or before the first Record-Route), drop the first
-        Route line if `drop_route` (it names only us)."""
+    ) -> SipRequest:
+        """The request to forward, from `source`'s headers in one pass: push our Via (branch
+        `_branch_prefix` + `branch_suffix`), decrement Max-Forwards (70 if absent), add
+        Record-Route (at the top, or before the first Record-Route), drop the first Route
+        line if `drop_route` (it names only us). `source` is `request` or its edited copy."""
+        via = f"{self._via_head}{branch_suffix}"
         headers: list[tuple[str, str]] = []
+        append = headers.append
         mf = "70" if max_forwards is None else str(max_forwards - 1)
         via_done = rr_done = mf_done = False
-        for name, value in out.headers:
+        for line in source._headers:
+            name = line[0]
             if name[0] not in "VvMmRr":  # only Via, Max-Forwards, (Record-)Route matter
-                headers.append((name, value))
+                append(line)
                 continue
             key = name.lower()
             if drop_route and key == "route":
@@ -925,22 +961,34 @@ class Proxy:
                 continue
             if not via_done and (key == "via" or key == "v"):
                 if record_route and not rr_done:
-                    headers.append(("Record-Route", self._record_route))
+                    append(("Record-Route", self._record_route))
                     rr_done = True
-                headers.append(("Via", via))
+                append(("Via", via))
                 via_done = True
             elif key == "max-forwards":
                 if mf_done:
                     continue
-                value = mf
+                line = (name, mf)
                 mf_done = True
             elif key == "record-route" and record_route and not rr_done:
-                headers.append(("Record-Route", self._record_route))
+                append(("Record-Route", self._record_route))
                 rr_done = True
-            headers.append((name, value))
+            append(line)
         if not mf_done:
             headers.insert(1 if via_done else 0, ("Max-Forwards", mf))
-        out.headers = headers
+        # What the request has parsed stays valid for the lines copied unchanged.
+        source._positions("")
+        old = source._cache
+        cache: dict = {"max-forwards": int(mf)}
+        for slot in _FORWARD_SLOTS:
+            value = old.get(slot, _MISSING)
+            if value is not _MISSING:
+                cache[slot] = value
+        parts = self._via_parts
+        if via_done and parts is not None:
+            branch = f"{self._branch_prefix}{branch_suffix}"
+            cache["via/top"] = Via(parts[0], parts[1], parts[2], (("branch", branch),))
+        return _request(request.method, request.uri, headers, source.body, request.version, cache)
 
     # -- malformed input
 

@@ -95,12 +95,62 @@ for _name in (
 del _name
 
 
-def _check_header(name: str, value: str) -> None:
-    """Refuse edits that would corrupt the serialised message (header injection)."""
+# Header names already checked to be tokens (a bounded memo: names repeat, values do not).
+_TOKEN_NAMES: set[str] = set()
+
+
+def _check_name(name: str) -> None:
+    if name in _TOKEN_NAMES:
+        return
     if not TOKEN_RE.fullmatch(name):
         raise ValueError(f"header name {name!r} is not a token")
+    if len(_TOKEN_NAMES) < 4096:
+        _TOKEN_NAMES.add(name)
+
+
+# Header name sequence -> its index (key -> line positions). Messages of one flow repeat a
+# few sequences, so most index builds are one lookup. Indexes are shared, never mutated.
+_INDEXES: dict[tuple[str, ...], dict[str, list[int]]] = {}
+_NONE: list[int] = []  # the positions of an absent header (shared: never mutated)
+
+
+def _index_of(headers: list[tuple[str, str]]) -> dict[str, list[int]]:
+    names = tuple([line[0] for line in headers])
+    index = _INDEXES.get(names)
+    if index is None:
+        index = {}
+        keys = HEADER_KEYS
+        for i, name in enumerate(names):
+            k = keys.get(name) or header_key(name)
+            pos = index.get(k)
+            if pos is None:
+                index[k] = [i]
+            else:
+                pos.append(i)
+        if len(_INDEXES) < 4096:
+            _INDEXES[names] = index
+    return index
+
+
+def _check_header(name: str, value: str) -> None:
+    """Refuse edits that would corrupt the serialised message (header injection)."""
+    if name not in _TOKEN_NAMES:
+        _check_name(name)
     if "\r" in value or "\n" in value:
         raise ValueError(f"value of header {name} contains CR or LF")
+
+
+def _check_headers(headers: Iterable[tuple[str, str]]) -> None:
+    """`_check_header` on every line (names met before cost one set lookup)."""
+    names = _TOKEN_NAMES
+    for name, value in headers:
+        if name not in names:
+            _check_name(name)
+        if "\r" in value or "\n" in value:
+            raise ValueError(f"value of header {name} contains CR or LF")
+
+
+_MISSING = object()
 
 
 # ---------------------------------------------------------------------------- messages
@@ -122,9 +172,8 @@ class SipMessage:
     __slots__ = ("_headers", "body", "_index", "_seen", "_cache", "_cache_seen")
 
     def __init__(self, headers: Iterable[tuple[str, str]], body: bytes = b"") -> None:
-        self._headers = HeaderList((name, value) for name, value in headers)
-        for name, value in self._headers:
-            _check_header(name, value)
+        self._headers = HeaderList([(name, value) for name, value in headers])
+        _check_headers(self._headers)
         self.body = bytes(body)
         self._index: dict[str, list[int]] = {}
         self._seen = -1
@@ -150,18 +199,9 @@ class SipMessage:
             if self._cache_seen != version:
                 self._cache = {}
                 self._cache_seen = version
-            index: dict[str, list[int]] = {}
-            keys = HEADER_KEYS
-            for i, (name, _) in enumerate(hs):
-                k = keys.get(name) or header_key(name)
-                pos = index.get(k)
-                if pos is None:
-                    index[k] = [i]
-                else:
-                    pos.append(i)
-            self._index = index
+            self._index = _index_of(hs)
             self._seen = version
-        return self._index.get(key, [])
+        return self._index.get(key, _NONE)
 
     def _edited(self, key: str) -> None:
         """After an edit of header `key` through this class: keep the other cached values."""
@@ -174,6 +214,10 @@ class SipMessage:
     def _cached(self, slot: str, key: str, compute: Callable[[list[str]], Any]) -> Any:
         """`compute(values of header key)` under `slot` (named after the header key, see
         `_edited`), cached until that header changes."""
+        if self._cache_seen == self._headers.version:  # fast path: cache valid and filled
+            value = self._cache.get(slot, _MISSING)
+            if value is not _MISSING:
+                return value
         pos = self._positions(key)  # drops the cache first if `headers` was edited directly
         cache = self._cache
         if slot in cache:
@@ -280,21 +324,34 @@ class SipMessage:
 
     @property
     def call_id(self) -> str:
-        value = self.get("call-id")
-        if value is None:
-            raise SipParseError("missing Call-ID")
-        return value
+        if self._cache_seen == self._headers.version:
+            value = self._cache.get("call-id")
+            if value is not None:
+                return value
+        return self._cached("call-id", "call-id", _CALL_ID)
 
     @property
     def cseq(self) -> CSeq:
+        if self._cache_seen == self._headers.version:
+            value = self._cache.get("cseq")
+            if value is not None:
+                return value
         return self._cached("cseq", "cseq", _CSEQ)
 
     @property
     def from_addr(self) -> NameAddr:
+        if self._cache_seen == self._headers.version:
+            value = self._cache.get("from")
+            if value is not None:
+                return value
         return self._cached("from", "from", _FROM)
 
     @property
     def to_addr(self) -> NameAddr:
+        if self._cache_seen == self._headers.version:
+            value = self._cache.get("to")
+            if value is not None:
+                return value
         return self._cached("to", "to", _TO)
 
     @property
@@ -307,6 +364,10 @@ class SipMessage:
 
     @property
     def max_forwards(self) -> int | None:
+        if self._cache_seen == self._headers.version:
+            value = self._cache.get("max-forwards", _MISSING)
+            if value is not _MISSING:
+                return value
         return self._cached("max-forwards", "max-forwards", _max_forwards)
 
     @property
@@ -319,7 +380,19 @@ class SipMessage:
 
     @property
     def top_via(self) -> Via | None:
+        if self._cache_seen == self._headers.version:
+            value = self._cache.get("via/top")
+            if value is not None:
+                return value
         return self._cached("via/top", "via", _top_via)
+
+    def _reset_headers(self, headers: list[tuple[str, str]], cache: dict[str, Any]) -> None:
+        """Replace the header list by `headers` (valid lines built by the caller) and the
+        cache by `cache`, whose entries the caller vouches for (parsed from equal values)."""
+        self._headers = HeaderList(headers)
+        self._seen = -1
+        self._cache = cache
+        self._cache_seen = 0  # a new HeaderList's version
 
     # -- serialisation
 
@@ -369,6 +442,7 @@ def _first(parse: Callable[[str], Any], what: str) -> Callable[[list[str]], Any]
 
 
 _CSEQ = _first(CSeq.parse, "CSeq")
+_CALL_ID = _first(str, "Call-ID")
 _FROM = _first(parse_name_addr, "From")
 _TO = _first(parse_name_addr, "To")
 
@@ -673,6 +747,7 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
     msg._cache, msg._cache_seen = cache, 0
 
     cseq = cache["cseq"] = CSeq.parse(pairs[index["cseq"][0]][1])
+    cache["call-id"] = pairs[index["call-id"][0]][1]
     mf_pos = index.get("max-forwards")
     cache["max-forwards"] = (
         None if mf_pos is None else small_int(pairs[mf_pos[0]][1], 255, "Max-Forwards")
@@ -731,7 +806,9 @@ _CLASS_REASONS = {
     1: "Trying", 2: "OK", 3: "Redirection", 4: "Client Error", 5: "Server Error",
     6: "Global Failure",
 }  # fmt: skip
-_RESPONSE_COPIES = frozenset({"via", "from", "call-id", "cseq"})
+_RESPONSE_COPIES = ("via", "from", "to", "call-id", "cseq")
+# Cache slots a response shares with its request when the lines behind them are copied as is.
+_SHARED_SLOTS = ("via", "via/top", "from", "call-id", "cseq")
 
 
 def make_response(
@@ -742,14 +819,76 @@ def make_response(
     Record-Route and Contact of dialog-creating responses are the caller's business."""
     if reason is None:
         reason = REASON_PHRASES.get(status) or _CLASS_REASONS.get(status // 100, "Unknown")
+    hs = request._headers
+    request._positions("")  # index and cache up to date
+    index = request._index
+    picks: list[int] = []
+    for key in _RESPONSE_COPIES:
+        pos = index.get(key)
+        if pos is not None:
+            picks += pos
+    picks.sort()
     headers: list[tuple[str, str]] = []
-    for name, value in request.headers:
-        key = header_key(name)
-        if key in _RESPONSE_COPIES:
-            headers.append((name, value))
-        elif key == "to":
-            if to_tag is not None and request.to_tag is None:
-                value = f"{value};tag={to_tag}"
-            headers.append((name, value))
+    tagged = False
+    to_positions = index.get("to")
+    for i in picks:
+        line = hs[i]
+        in_to = to_positions is not None and i in to_positions
+        if to_tag is not None and in_to and request.to_tag is None:
+            line = (line[0], f"{line[1]};tag={to_tag}")
+            tagged = True
+        headers.append(line)
     headers.append(("Content-Length", "0"))
-    return SipResponse(status, reason, headers, b"", request.version)
+    if not isinstance(status, int) or not 100 <= status <= 699:
+        raise ValueError(f"status code {status!r} outside 100..699")
+    if "\r" in reason or "\n" in reason:
+        raise ValueError("reason phrase contains CR or LF")
+    _check_headers(headers)
+    # The copied lines parse as the request's did: share what the request has parsed.
+    old = request._cache
+    cache: dict[str, Any] = {"max-forwards": None, "content-length": 0}
+    for slot in _SHARED_SLOTS:
+        value = old.get(slot, _MISSING)
+        if value is not _MISSING:
+            cache[slot] = value
+    if not tagged and "to" in old:
+        cache["to"] = old["to"]
+    return _response(status, reason, headers, b"", request.version, cache)
+
+
+def _request(
+    method: str,
+    uri: str,
+    headers: list[tuple[str, str]],
+    body: bytes = b"",
+    version: str = "SIP/2.0",
+    cache: dict[str, Any] | None = None,
+) -> SipRequest:
+    """A request built by this project's code from parts already valid (parsed, checked or
+    literal): what `SipRequest(...)` makes, without its checks. `cache` holds parsed values
+    the caller vouches for (each equal to what parsing its header would give)."""
+    msg = object.__new__(SipRequest)
+    msg.method, msg.uri, msg.version = method, uri, version
+    msg._headers = HeaderList(headers)
+    msg.body = body
+    msg._index, msg._seen = {}, -1
+    msg._cache, msg._cache_seen = ({} if cache is None else cache), 0
+    return msg
+
+
+def _response(
+    status: int,
+    reason: str,
+    headers: list[tuple[str, str]],
+    body: bytes = b"",
+    version: str = "SIP/2.0",
+    cache: dict[str, Any] | None = None,
+) -> SipResponse:
+    """`_request` for responses."""
+    msg = object.__new__(SipResponse)
+    msg.status, msg.reason, msg.version = status, reason, version
+    msg._headers = HeaderList(headers)
+    msg.body = body
+    msg._index, msg._seen = {}, -1
+    msg._cache, msg._cache_seen = ({} if cache is None else cache), 0
+    return msg

@@ -151,9 +151,13 @@ def small_int(digits: str, limit: int, what: str) -> int:
 
 def _param_value(params: tuple[tuple[str, str | None], ...], name: str) -> str | None:
     """Value of a parameter (case-insensitive name): None if absent, "" if present bare."""
-    lname = name.lower()
+    return _lower_param(params, name.lower())
+
+
+def _lower_param(params: tuple[tuple[str, str | None], ...], lname: str) -> str | None:
+    """`_param_value` for a name already in lower case."""
     for k, v in params:
-        if k.lower() == lname:
+        if k == lname or k.lower() == lname:
             return "" if v is None else v
     return None
 
@@ -335,7 +339,7 @@ class NameAddr:
 
     @property
     def tag(self) -> str | None:
-        return _param_value(self.params, "tag")
+        return _lower_param(self.params, "tag")
 
     def param(self, name: str) -> str | None:
         return _param_value(self.params, name)
@@ -390,16 +394,16 @@ class Via:
 
     @property
     def branch(self) -> str | None:
-        return _param_value(self.params, "branch")
+        return _lower_param(self.params, "branch")
 
     @property
     def received(self) -> str | None:
-        return _param_value(self.params, "received")
+        return _lower_param(self.params, "received")
 
     @property
     def rport(self) -> str | None:
         """None if absent, "" if present without a value (a request for rport)."""
-        return _param_value(self.params, "rport")
+        return _lower_param(self.params, "rport")
 
     @property
     def sent_by(self) -> tuple[str, int | None]:

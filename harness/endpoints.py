@@ -53,10 +53,13 @@ from typing import Any, Protocol
 
 from core.events import Address, Send
 from core.sip import (
+    CSeq,
     SipMessage,
     SipParseError,
     SipRequest,
     SipResponse,
+    Via,
+    _request,
     make_response,
     parse_name_addr,
     parse_uri,
@@ -117,6 +120,28 @@ def uri_address(uri: str) -> Address:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return (host, parsed.port or 5060)
+
+
+def _via_parts(head: str) -> tuple[str, str, int | None] | None:
+    """(transport, host, port) that Via `head` + a branch suffix parses to, or None if it
+    does not parse to exactly that (then built requests parse their Via when asked)."""
+    try:
+        via = Via.parse(f"{head}0")
+    except SipParseError:
+        return None
+    branch = head.rpartition("branch=")[2] + "0"
+    if via != Via(via.transport, via.host, via.port, (("branch", branch),)):
+        return None
+    return (via.transport, via.host, via.port)
+
+
+def _known_name_addr(value: str) -> Any:
+    """The parsed From/To of a request being built, or None if it does not parse (then it
+    is left out of the cache, and asking for it raises as it would have)."""
+    try:
+        return parse_name_addr(value)
+    except SipParseError:
+        return None
 
 
 def _host_ref(address: Address) -> str:
@@ -228,6 +253,7 @@ class Uac:
         self._live: dict[str, _Call] = {}
         ref = _host_ref(address)
         self._via = f"SIP/2.0/UDP {ref};branch={MAGIC_COOKIE}"
+        self._via_parts = _via_parts(self._via)
         self._contact = f"<sip:uac@{ref}>"
         self._uas_uri = f"sip:uas@{_host_ref(target)}"
         self._preloaded = (
@@ -320,6 +346,8 @@ class Uac:
         return self._outputs(txn, txn.start(now), now)
 
     def _build(self, call: _Call, method: str, cseq: int, branch: str) -> SipRequest:
+        # Every part is a literal or comes from a parsed message: built without the checks
+        # of SipRequest(...), with the values it carries already parsed.
         headers = [("Via", f"{self._via}{branch}"), ("Max-Forwards", "70")]
         if call.route:
             headers.append(("Route", ", ".join(call.route)))
@@ -332,7 +360,21 @@ class Uac:
         if method == "INVITE":
             headers.append(("Contact", self._contact))
         headers.append(("Content-Length", "0"))
-        return SipRequest(method, call.remote_target, headers)
+        cache: dict[str, Any] = {
+            "max-forwards": 70,
+            "content-length": 0,
+            "call-id": call.call_id,
+            "cseq": CSeq(cseq, method),
+        }
+        parts = self._via_parts
+        if parts is not None:
+            via_branch = f"{MAGIC_COOKIE}{branch}"
+            cache["via/top"] = Via(parts[0], parts[1], parts[2], (("branch", via_branch),))
+        for slot, value in (("from", call.from_value), ("to", call.to_value)):
+            parsed = _known_name_addr(value)
+            if parsed is not None:
+                cache[slot] = parsed
+        return _request(method, call.remote_target, headers, cache=cache)
 
     def _ack_2xx(self, call: _Call, cseq: int) -> list[Send]:
         """§13.2.2.4: the UA core's ACK for a 2xx, a transaction of its own (new branch)."""
@@ -627,11 +669,13 @@ class Uas:
     ) -> SipResponse:
         """200 with Contact and the Record-Route copied; retransmitted until ACKed."""
         response = make_response(request, 200, None, tag)
-        headers = response.headers
-        record_route = [(n, v) for n, v in request.headers if n.lower() == "record-route"]
-        if record_route:
-            response.headers = record_route + list(headers)
-        response.set("Contact", self._contact)
+        # The Record-Route lines on top and Contact before Content-Length (the last line
+        # of what make_response builds): what headers= and set() would do, in one go. The
+        # lines make_response parsed are unchanged, so its cache stays valid.
+        headers = [(n, v) for n, v in request.headers if n.lower() == "record-route"]
+        headers += response.headers
+        headers.insert(len(headers) - 1, ("Contact", self._contact))
+        response._reset_headers(headers, response._cache)
         self._stop(dialog)
         pending = _Pending2xx(dialog, request.cseq.number, response, txn.peer)
         pending.since = now

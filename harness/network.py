@@ -68,6 +68,30 @@ class Link:
 DEFAULT_LINK = Link()
 
 
+def parse_link(text: str) -> Link:
+    """'latency=1ms,jitter=1ms,loss=0.5%' -> Link; ValueError (one line) on anything else."""
+    from strategies.spec import SpecError, parse_duration
+
+    values: dict[str, float] = {}
+    for item in text.split(","):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or key not in ("latency", "jitter", "loss") or key in values:
+            raise ValueError(
+                f"network {text!r}: {item.strip()!r} is not one of latency=DURATION, "
+                "jitter=DURATION, loss=PERCENT%"
+            )
+        try:
+            if key == "loss":
+                if not value.endswith("%"):
+                    raise ValueError
+                values[key] = float(value[:-1]) / 100.0
+            else:
+                values[key] = parse_duration(value)
+        except (ValueError, SpecError):
+            raise ValueError(f"network {text!r}: bad {key} value {value!r}") from None
+    return Link(**values)
+
+
 class _Path:
     """A link in use: its settings, its own random stream and its counters."""
 

@@ -294,3 +294,13 @@ def test_network_hands_an_owning_receiver_a_copy() -> None:
     assert bytes(original) == before
     assert at_proxy[0] is not original and at_proxy[0].top_via is None
     assert at_uas[0] is original  # a receiver that does not own gets the object itself
+
+
+def test_queue_depth_counts_the_strategys_own_backlog():
+    """One rtimer (≈99 pops/s) under 200 re-INVITEs/s backs up; twelve do not."""
+    load = parse_load("reinvite:rate=40/s,duration=3s,reinvites=5,gap=1ms")
+    settings = ServerSettings(cores=2)
+    starved = run_sim("mqueue-rtimer:timers=1", load, 1, settings, measure_idle=False)
+    ample = run_sim("mqueue-rtimer:timers=12", load, 1, settings, measure_idle=False)
+    assert starved["queue_depth"]["max"] > 50
+    assert ample["queue_depth"]["max"] < 10

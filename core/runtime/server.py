@@ -171,8 +171,15 @@ class Server:
         response_cost = costs.seconds("response")
         retransmission_cost = costs.seconds("retransmission")
         socket = self.sip_socket
+        kernel = self.kernel
+        proxy = self.proxy
+        # The ops are only read by the process: one instance of each serves every loop.
+        get = Get(socket)
+        compute_request = Compute(request_cost)
+        compute_response = Compute(response_cost)
+        compute_retransmission = Compute(retransmission_cost)
         while True:
-            data, source = yield Get(socket)
+            data, source = yield get
             message = data
             if isinstance(data, bytes):
                 try:
@@ -180,16 +187,35 @@ class Server:
                 except SipParseError:
                     message = None
             if message is None:
-                yield Compute(retransmission_cost)
-                actions = self.proxy.receive(data, source, self.kernel.now)
+                yield compute_retransmission
+                actions = proxy.receive(data, source, kernel.now)
             else:
-                actions = self.proxy.receive_message(message, source, self.kernel.now)
+                actions = proxy.receive_message(message, source, kernel.now)
+            delivered = False
+            for action in actions:
+                if type(action) is Deliver:
+                    delivered = True
+                    break
+            if message is not None:
                 if isinstance(message, SipRequest):
-                    delivered = any(type(a) is Deliver for a in actions)
-                    yield Compute(request_cost if delivered else retransmission_cost)
+                    yield compute_request if delivered else compute_retransmission
                 else:
-                    yield Compute(response_cost)
-            yield from self.apply(process, actions)
+                    yield compute_response
+            if delivered:
+                yield from self.apply(process, actions)
+            else:
+                self._apply_now(actions)
+
+    def _apply_now(self, actions: Iterable[Action]) -> None:
+        """`apply` for actions without a `Deliver` (nothing in them yields): no generator."""
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                self.transport(action.message, action.destination)
+            elif kind is SuspensionEvent:
+                self._note(action)
+            elif kind is Discarded:
+                self.count(f"discarded: {action.reason}")
 
     def _slow_timer(self, process: Process) -> Program:
         """Kamailio's timer processes: a tick every 1/16 s fires the TM timers that are due."""

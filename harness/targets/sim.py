@@ -17,8 +17,8 @@ Figures, all on virtual time:
   the same by process role. `idle_share` comes from a second run of the same server with
   no traffic for `duration`, at most 10 s (the standing cost is periodic: 10 s hold
   thousands of timer periods); `run_idle` gives the idle case in full, by role.
-- queue depth: datagrams waiting in the UDP socket plus the strategy's own backlog (if it
-  has `backlog() -> int`), sampled every 10 ms of the load window.
+- queue depth: datagrams waiting in the UDP socket plus the strategy's own backlog
+  (`Strategy.backlog(server)`), sampled every 10 ms of the load window.
 - speed: re-INVITE transactions simulated per wall-clock second of the loaded run.
 
 The same seed gives the same result, except `wall_seconds` and `sim_txn_per_wall_s`.
@@ -198,7 +198,9 @@ def _run_loaded(
             send(message, proxy, destination)
 
         server = Server(kernel, strategy, settings, costs, transport)
-        network.attach(proxy, server.receive, owns=True, takes_bytes=True)
+        # The proxy core never edits what it is handed (it copies before it changes a
+        # header), so it shares the senders' objects instead of getting a copy of each.
+        network.attach(proxy, server.receive, owns=False, takes_bytes=True)
         uac = Uac(
             UAC,
             UAS,
@@ -222,15 +224,13 @@ def _run_loaded(
         if plans:
             kernel.call_at(plans[0].start, start_call, 0)
 
-        backlog = getattr(strategy, "backlog", None)
+        backlog = strategy.backlog
         socket = server.sip_socket
         samples = run.samples
         last_sample = duration - 1e-9
 
         def sample() -> None:
-            depth = len(socket)
-            if backlog is not None:
-                depth += int(backlog())
+            depth = len(socket) + backlog(server)
             samples.append(depth)
             if kernel.now + SAMPLE_INTERVAL < last_sample:
                 kernel.call_at(kernel.now + SAMPLE_INTERVAL, sample)
