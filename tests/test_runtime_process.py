@@ -10,7 +10,9 @@ from core.runtime.process import Compute, CpuPool, Get, Process, Put, Queue, Sle
 
 
 def test_sleep_and_compute_happen_at_exact_virtual_times():
-    log: list[tuple[str, float, float]] = []
+    """Callbacks see exact times in `kernel.now`; trio's clock catches up whenever the
+    kernel lets another task run (here: when `run` returns)."""
+    log: list[tuple[str, float]] = []
 
     async def main() -> None:
         kernel = Kernel()
@@ -19,18 +21,18 @@ def test_sleep_and_compute_happen_at_exact_virtual_times():
 
         def program():
             yield Sleep(0.5)
-            log.append(("woke", kernel.now, anyio.current_time()))
+            log.append(("woke", kernel.now))
             yield Compute(0.25)
-            log.append(("computed", kernel.now, anyio.current_time()))
+            log.append(("computed", kernel.now))
 
         proc.start(program())
         await kernel.run(until=2.0)
-        log.append(("end", kernel.now, anyio.current_time()))
+        log.append(("end", anyio.current_time()))
         assert proc.wakeups == 1
         assert proc.busy == 0.25
 
     run_on_virtual_time(main)
-    assert log == [("woke", 0.5, 0.5), ("computed", 0.75, 0.75), ("end", 2.0, 2.0)]
+    assert log == [("woke", 0.5), ("computed", 0.75), ("end", 2.0)]
 
 
 def test_cores_are_shared_fifo_and_waiting_is_accounted():

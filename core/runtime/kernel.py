@@ -155,34 +155,42 @@ class Kernel:
             self._driving = False
 
     def _jump_through(self, until: float | None) -> bool:
-        """Virtual-time fast path: run callbacks, jumping the MockClock between them, for as
+        """Virtual-time fast path: run callbacks, moving virtual time between them, for as
         long as no other trio task could run or wake first. True when it stopped only to let
-        trio breathe (a checkpoint is due), False when the slow path must take over."""
+        trio breathe (a checkpoint is due), False when the slow path must take over.
+
+        The MockClock itself is jumped once, when the stretch ends: no other task can look
+        at it in between, and kernel callbacks read `kernel.now`.
+        """
         clock = self._clock
         guard = self._guard
         heap = self._heap
         limit = math.inf if until is None else until
         trio_deadline = guard.next_deadline()
-        current = clock.current_time()
-        for _ in range(_CHECKPOINT_EVERY):
-            while heap and heap[0][2].cancelled:
-                heapq.heappop(heap)
-            if not heap:
-                return False
-            when = heap[0][0]
-            if when > limit:
-                return False
-            if when > current:
-                if when > trio_deadline or guard.runnable():
+        clock_time = clock.current_time()
+        current = clock_time
+        try:
+            for _ in range(_CHECKPOINT_EVERY):
+                while heap and heap[0][2].cancelled:
+                    heapq.heappop(heap)
+                if not heap:
                     return False
-                clock.jump(when - current)
-                current = clock.current_time()
-            handle = heapq.heappop(heap)[2]
-            if when > self.now:
-                self.now = when
-            self.events_run += 1
-            handle.callback(*handle.args)
-        return True
+                when = heap[0][0]
+                if when > limit:
+                    return False
+                if when > current:
+                    if when > trio_deadline or guard.runnable():
+                        return False
+                    current = when
+                handle = heapq.heappop(heap)[2]
+                if when > self.now:
+                    self.now = when
+                self.events_run += 1
+                handle.callback(*handle.args)
+            return True
+        finally:
+            if current > clock_time:
+                clock.jump(current - clock_time)
 
     def _idle_until(self, until: float) -> bool:
         nxt = self.next_time()
