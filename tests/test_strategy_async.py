@@ -7,8 +7,6 @@ asserted to the microsecond from the cost profile, never from hard-coded results
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 
 import pytest
 
@@ -377,22 +375,3 @@ def test_a_timer_whose_phase_wraps_skips_a_second_and_its_items_end_in_408():
     assert_408_at_fr(run, ["call-1@uac"], fr, costs)
     ring = run.server.strategy.module(run.server).ring
     assert ring.slot_size(5) == 1  # still queued: the ring comes round only at second 105
-
-
-@pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed")
-@pytest.mark.parametrize(
-    "spec",
-    [
-        "async-route",
-        "async-sleep",
-        "async-route:s=1,workers=2",
-        "async-sleep:ms=10,async_nonblock=1",
-    ],
-)
-def test_cfg_is_accepted_by_kamailio(tmp_path, spec):
-    path = tmp_path / "kamailio.cfg"
-    path.write_text(parse_spec(spec).kamailio_config())
-    check = subprocess.run(
-        ["kamailio", "-c", "-f", str(path)], capture_output=True, text=True, timeout=60
-    )
-    assert check.returncode == 0, check.stderr[-2000:]
