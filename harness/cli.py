@@ -44,6 +44,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _cmd_strategies(args: argparse.Namespace) -> int:
+    """`strategies [SPEC]`; also `kamailio-cfg --strategy SPEC` (the same output)."""
     if args.spec:
         strategy = strategies.parse_spec(args.spec)
         print(f"# deferbench strategy {strategy.spec}")
@@ -79,6 +80,9 @@ def _server_settings(args: argparse.Namespace) -> ServerSettings:
         raise UsageError(str(exc)) from None
 
 
+REAL_TARGETS = ("live", "kamailio")
+"""Targets on the real clock: no modelled costs or network, jobs run one at a time."""
+
 DEFAULT_NETWORK = "latency=1ms,jitter=1ms,loss=0%"
 """The sim network of `run` and `sweep`: each direction 1 ms ± 1 ms. With the default 1 ms
 gap, an ACK is then sometimes overtaken by the re-INVITE sent after it — the race deferral
@@ -112,6 +116,7 @@ def _suite_from_args(args: argparse.Namespace) -> Suite:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import Job, assemble, execute_repeated, local_executor, text_progress
+    from harness.targets.kamailio import KamailioTargetError
 
     if args.repeat < 1:
         raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
@@ -122,15 +127,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-{suite.name}"
     command = ["deferbench", *args.argv]
-    if args.costs and any(run.target == "live" for run in suite.runs):
-        raise UsageError("--costs: the live target does real work and charges no modelled costs")
+    if args.costs and any(run.target in REAL_TARGETS for run in suite.runs):
+        raise UsageError(
+            "--costs: the live and kamailio targets do real work and charge no modelled costs"
+        )
     executor = local_executor(args.jobs)
     progress = None if args.quiet else text_progress()
     written = []
     try:
         for i, run in enumerate(suite.runs, start=1):
-            live = run.target == "live"  # live jobs run one at a time: they measure real CPU
-            backend = args.backend if live else None
+            # real-clock jobs run one at a time: they measure real CPU
+            live = run.target in REAL_TARGETS
+            backend = args.backend if run.target == "live" else None
             network = None if live else _network(args)
             jobs = [
                 Job(spec, run.load.spec, run.seed, settings, costs, run.target, backend, network)
@@ -149,6 +157,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"\n{report.headline(result)}")
             print(report.comparison_table(result))
             print(f"\n{report.reproduce_line(result)}\nwritten: {directory}/")
+    except KamailioTargetError as exc:  # e.g. not installed, or it never answered
+        raise UsageError(f"kamailio target: {exc}") from None
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
@@ -419,6 +429,17 @@ def build_parser() -> argparse.ArgumentParser:
     p_strat.add_argument("spec", nargs="?", help="strategy spec, e.g. 'mqueue-rtimer:timers=4'")
     p_strat.set_defaults(handler=_cmd_strategies)
 
+    p_kcfg = sub.add_parser(
+        "kamailio-cfg",
+        help="print the ready-to-use kamailio.cfg of a strategy (as `strategies SPEC`)",
+        description="The Kamailio 5.6 configuration SPEC models, with comments on what each "
+        "setting does (e.g. core async_workers vs the async module's workers).",
+    )
+    p_kcfg.add_argument(
+        "--strategy", dest="spec", required=True, metavar="SPEC", help="strategy spec"
+    )
+    p_kcfg.set_defaults(handler=_cmd_strategies)
+
     p_run = sub.add_parser(
         "run",
         help="the same seeded load through strategies; comparison table + result files",
@@ -429,9 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument(
         "--target",
         default="sim",
-        choices=["sim", "live"],
+        choices=["sim", "live", "kamailio"],
         help="where to run (sim: the embedded model on virtual time; live: the same proxy "
-        "over UDP on 127.0.0.1, real clock, started as `deferbench serve`)",
+        "over UDP on 127.0.0.1, real clock, started as `deferbench serve`; kamailio: real "
+        "Kamailio 5.6 on 127.0.0.1 running the strategy's generated kamailio.cfg)",
     )
     p_run.add_argument(
         "--backend",

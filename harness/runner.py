@@ -45,6 +45,10 @@ def run_job(job: Job) -> dict[str, Any]:
         return run_live(
             job.strategy, parse_load(job.load), job.seed, job.settings, job.backend or "trio"
         )
+    if job.target == "kamailio":
+        from harness.targets.kamailio import run_kamailio
+
+        return run_kamailio(job.strategy, parse_load(job.load), job.seed, job.settings)
     if job.target != "sim":
         raise ValueError(f"target {job.target!r} is not available in this build")
     from harness.targets.sim import run_sim
@@ -104,6 +108,8 @@ def execute_repeated(
     noisy machine hit every strategy alike; each entry gets `samples` of its wall-clock
     figures. Sim figures must not change between rounds: that would be a determinism bug."""
     rounds = [execute(jobs, executor, progress) for _ in range(repeat)]
+    if repeat == 1:
+        return rounds[0]  # one value is no sample: nothing for a statistical check to judge
     merged = []
     for index, first in enumerate(rounds[0]):
         entries = [r[index] for r in rounds]

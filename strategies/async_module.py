@@ -46,10 +46,11 @@ from core.runtime.process import Compute, Get, Process, Program, Queue, Sleep
 from core.runtime.server import TICK
 from core.runtime.tasks import Task, TaskGroup, TaskGroupConfig
 from strategies.base import Strategy
+from strategies.inline import routing_script
 from strategies.spec import Param, SpecError
 
 if TYPE_CHECKING:
-    from core.runtime.server import Server
+    from core.runtime.server import Server, ServerSettings
 
 TICKS_HZ = 16
 """`TIMER_TICKS_HZ`: get_ticks() is the shared tick counter divided by it."""
@@ -493,92 +494,53 @@ class AsyncModuleStrategy(Strategy):
     def call_name(self) -> str:
         raise NotImplementedError
 
-    def deferral_block(self) -> str:
-        """The script lines that defer the re-INVITE (inside the in-dialog INVITE branch)."""
+    def deferral_block(self, trace: bool = False) -> str:
+        """The body of `route[DEFER]`: the call that defers the re-INVITE (`trace`: with the
+        suspend/resume xlog lines of the kamailio target)."""
         raise NotImplementedError
 
-    def resume_route(self) -> str:
+    def resume_route(self, trace: bool = False) -> str:
         """Extra route blocks the continuation needs (empty for the sleep form)."""
         return ""
 
-    def kamailio_config(self) -> str:
-        return render_config(self)
+    def kamailio_config(self, settings: ServerSettings | None = None, trace: bool = False) -> str:
+        return render_config(self, settings, trace)
 
 
-def render_config(strategy: AsyncModuleStrategy) -> str:
-    """The kamailio.cfg fragment of an async-module strategy (Kamailio 5.6.3 syntax)."""
+def render_config(
+    strategy: AsyncModuleStrategy, settings: ServerSettings | None = None, trace: bool = False
+) -> str:
+    """The kamailio.cfg of an async-module strategy (Kamailio 5.6.3 syntax), on the routing
+    script every strategy shares (`strategies.inline.routing_script`)."""
     v = strategy.values
-    warnings = "".join(f"# WARNING: {note}\n" for note in strategy.config_warnings())
-    nonblock = "async_nonblock=1  # only honoured AFTER async_workers (reference §4)\n"
-    return (
-        f"# deferbench strategy {strategy.spec}\n"
-        f"# Kamailio 5.6.3: {strategy.summary}\n"
-        f"{warnings}"
-        "\n"
-        '# Core parameter: size of the CORE async task pool, group "default" (the\n'
-        '# "Async Task Worker - default" processes). It is NOT the async module\'s modparam\n'
-        '# "workers" (the "ASYNC MOD TIMER" processes): two unrelated pools. The ms timer\n'
-        "# hands every due async_ms_* item to this pool; with async_workers=0 (Kamailio's\n"
-        '# default) Kamailio still starts, logs "async task pushed, but no async workers -\n'
-        '# ignoring", and every async_ms_* transaction strands until its 408 at fr_timer\n'
-        "# (reference §5). The seconds form async_route()/async_sleep() does not use it.\n"
-        f"async_workers={v['async_workers']}\n"
-        f"{nonblock if v['async_nonblock'] else ''}"
-        "\n"
-        'loadmodule "tm.so"\n'
-        'loadmodule "tmx.so"\n'
-        'loadmodule "sl.so"\n'
-        'loadmodule "rr.so"\n'
-        'loadmodule "maxfwd.so"\n'
-        'loadmodule "siputils.so"\n'
-        'loadmodule "textops.so"\n'
-        'loadmodule "async.so"\n'
-        "\n"
-        '# "ASYNC MOD TIMER" processes (seconds ring). Must be > 0 for every async_*\n'
-        "# function, async_ms_* included, or they all return -1.\n"
-        f'modparam("async", "workers", {v["workers"]})\n'
-        '# Period in ms of the one "ASYNC MOD MS TIMER" process; 0 disables async_ms_*.\n'
-        f'modparam("async", "ms_timer", {v["ms_timer"]})\n'
-        "\n"
-        "request_route {\n"
-        '\tif (!mf_process_maxfwd_header("10")) {\n'
-        '\t\tsl_send_reply("483", "Too Many Hops");\n'
-        "\t\texit;\n"
-        "\t}\n"
-        '\tif (is_method("CANCEL")) {\n'
-        "\t\tif (t_check_trans()) {\n"
-        "\t\t\tt_relay();\n"
-        "\t\t}\n"
-        "\t\texit;\n"
-        "\t}\n"
-        "\t# Absorb retransmissions BEFORE any async_* call (reference §1.2): otherwise a\n"
-        "\t# retransmitted re-INVITE reaches t_newtran() inside the async function and its\n"
-        "\t# transaction is suspended a second time (second branch, second resume).\n"
-        '\tif (!is_method("ACK")) {\n'
-        "\t\tif (t_precheck_trans()) {\n"
-        "\t\t\tt_check_trans();\n"
-        "\t\t\texit;\n"
-        "\t\t}\n"
-        "\t\tt_check_trans();\n"
-        "\t}\n"
-        "\tif (has_totag()) {\n"
-        "\t\tif (!loose_route()) {\n"
-        '\t\t\tif (is_method("ACK") && t_check_trans()) {\n'
-        "\t\t\t\tt_relay();\n"
-        "\t\t\t}\n"
-        "\t\t\texit;\n"
-        "\t\t}\n"
-        '\t\tif (is_method("INVITE")) {\n'
-        f"{strategy.deferral_block()}"
-        "\t\t}\n"
-        "\t\tt_relay();\n"
-        "\t\texit;\n"
-        "\t}\n"
-        '\tif (is_method("INVITE")) {\n'
-        "\t\trecord_route();\n"
-        "\t}\n"
-        "\tt_relay();\n"
-        "\texit;\n"
-        "}\n"
-        f"{strategy.resume_route()}"
+    core = [
+        '# Core parameter: size of the CORE async task pool, group "default" (the',
+        '# "Async Task Worker - default" processes). It is NOT the async module\'s modparam',
+        '# "workers" (the "ASYNC MOD TIMER" processes): two unrelated pools. The ms timer',
+        "# hands every due async_ms_* item to this pool; with async_workers=0 (Kamailio's",
+        '# default) Kamailio still starts, logs "async task pushed, but no async workers -',
+        '# ignoring", and every async_ms_* transaction strands until its 408 at fr_timer',
+        "# (reference §5). The seconds form async_route()/async_sleep() does not use it.",
+        f"async_workers={v['async_workers']}",
+    ]
+    if v["async_nonblock"]:
+        core.append("async_nonblock=1  # only honoured AFTER async_workers (reference §4)")
+    return routing_script(
+        spec=strategy.spec,
+        about=[
+            f"Kamailio 5.6.3: {strategy.summary}",
+            *(f"WARNING: {note}" for note in strategy.config_warnings()),
+        ],
+        defer=strategy.deferral_block(trace),
+        settings=settings,
+        core=core,
+        modules=("async",),
+        modparams=[
+            '# "ASYNC MOD TIMER" processes (seconds ring). Must be > 0 for every async_*',
+            "# function, async_ms_* included, or they all return -1.",
+            f'modparam("async", "workers", {v["workers"]})',
+            '# Period in ms of the one "ASYNC MOD MS TIMER" process; 0 disables async_ms_*.',
+            f'modparam("async", "ms_timer", {v["ms_timer"]})',
+        ],
+        routes=strategy.resume_route(trace),
     )

@@ -16,6 +16,7 @@ All the machinery is in `strategies.async_module`; this module only names the ca
 from __future__ import annotations
 
 from strategies.async_module import AsyncModuleStrategy
+from strategies.inline import trace_line
 
 
 class AsyncRoute(AsyncModuleStrategy):
@@ -30,9 +31,10 @@ class AsyncRoute(AsyncModuleStrategy):
     def call_name(self) -> str:
         return "async_route" if self.seconds_form else "async_ms_route"
 
-    def deferral_block(self) -> str:
+    def deferral_block(self, trace: bool = False) -> str:
         return (
-            "\t\t\t# Suspends the transaction (100 Trying at once) and exits the script;\n"
+            (trace_line("suspend", "\t\t\t") if trace else "")
+            + "\t\t\t# Suspends the transaction (100 Trying at once) and exits the script;\n"
             "\t\t\t# route[RESUME] runs later, as a continuation, in another process.\n"
             f'\t\t\t{self.call_name()}("RESUME", "{self.delay_argument}");\n'
             "\t\t\t# Reached only when it returned -1 (bad delay, full ms list, workers=0,\n"
@@ -41,7 +43,7 @@ class AsyncRoute(AsyncModuleStrategy):
             "\t\t\texit;\n"
         )
 
-    def resume_route(self) -> str:
+    def resume_route(self, trace: bool = False) -> str:
         runs_in = (
             '"ASYNC MOD TIMER" process (seconds ring)'
             if self.seconds_form
@@ -52,8 +54,7 @@ class AsyncRoute(AsyncModuleStrategy):
             "# The continuation: runs as a FAILURE_ROUTE on a copy of the request, holding\n"
             f"# the reply lock, in an {runs_in}.\n"
             "# Without a relay or a TM reply here the transaction is killed with a 500.\n"
-            "route[RESUME] {\n"
-            "\tt_relay();\n"
+            "route[RESUME] {\n" + (trace_line("resume") if trace else "") + "\tt_relay();\n"
             "\texit;\n"
             "}\n"
         )

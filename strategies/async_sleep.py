@@ -16,6 +16,7 @@ the call, in the same block.
 from __future__ import annotations
 
 from strategies.async_module import AsyncModuleStrategy
+from strategies.inline import trace_line
 
 
 class AsyncSleep(AsyncModuleStrategy):
@@ -30,20 +31,22 @@ class AsyncSleep(AsyncModuleStrategy):
     def call_name(self) -> str:
         return "async_sleep" if self.seconds_form else "async_ms_sleep"
 
-    def deferral_block(self) -> str:
+    def deferral_block(self, trace: bool = False) -> str:
         runs_in = (
             '"ASYNC MOD TIMER" process'
             if self.seconds_form
             else '"Async Task Worker - default" process'
         )
         return (
-            "\t\t\t# Suspends the transaction (100 Trying at once) and exits the script.\n"
+            (trace_line("suspend", "\t\t\t") if trace else "")
+            + "\t\t\t# Suspends the transaction (100 Trying at once) and exits the script.\n"
             f"\t\t\t# Later the REST OF THIS BLOCK ONLY (the t_relay(); exit; below) runs as\n"
             f"\t\t\t# the continuation, in an {runs_in}; nothing after\n"
             "\t\t\t# this block's closing brace is run. On -1 (bad delay, full ms list,\n"
             "\t\t\t# workers=0, ms_timer=0) the same lines relay it at once, undelayed.\n"
             f'\t\t\t{self.call_name()}("{self.delay_argument}");\n'
-            "\t\t\tt_relay();\n"
+            + (trace_line("resume", "\t\t\t") if trace else "")
+            + "\t\t\tt_relay();\n"
             "\t\t\texit;\n"
         )
 

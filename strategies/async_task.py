@@ -25,7 +25,7 @@ from core.events import SuspendOutcome, TxnId
 from core.runtime.process import Process, Program
 from core.runtime.tasks import TaskGroupConfig
 from strategies.base import Strategy
-from strategies.inline import CONTINUATION_ROUTE, routing_script
+from strategies.inline import continuation_route, routing_script, trace_line
 from strategies.spec import Param, SpecError
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ class AsyncTask(Strategy):
             # -1, but the transaction stays suspended: stranded until the fr_timer's 408
             server.count("async_task_push_failed_stranded")
 
-    def kamailio_config(self, settings: ServerSettings | None = None) -> str:
+    def kamailio_config(self, settings: ServerSettings | None = None, trace: bool = False) -> str:
         workers, nonblock, usleep = (
             self.values["async_workers"],
             self.values["nonblock"],
@@ -136,7 +136,8 @@ class AsyncTask(Strategy):
                 'modparam("async", "workers", 0)',
             ],
             defer=(
-                "\t# creates and SUSPENDS the transaction first, then pushes the task;\n"
+                (trace_line("suspend") if trace else "")
+                + "\t# creates and SUSPENDS the transaction first, then pushes the task;\n"
                 "\t# on success it returns 0, which ends the script here\n"
                 '\tasync_task_route("RESUME");\n'
                 "\t# reached only on -1: if the push failed the transaction STAYS suspended\n"
@@ -145,7 +146,7 @@ class AsyncTask(Strategy):
                 "\texit;"
             ),
             settings=settings,
-            routes=CONTINUATION_ROUTE,
+            routes=continuation_route(trace),
         )
 
 

@@ -17,7 +17,7 @@ from strategies.spec import Param, SpecError
 if TYPE_CHECKING:
     from core.events import TxnId
     from core.runtime.process import Process, Program
-    from core.runtime.server import Server
+    from core.runtime.server import Server, ServerSettings
 
 
 class Strategy(ABC):
@@ -87,5 +87,8 @@ class Strategy(ABC):
         """The script's deferral of transaction `txn`, run in SIP worker `process`."""
 
     @abstractmethod
-    def kamailio_config(self) -> str:
-        """The kamailio.cfg fragment this strategy models, generated from its parameters."""
+    def kamailio_config(self, settings: ServerSettings | None = None, trace: bool = False) -> str:
+        """The complete kamailio.cfg this strategy models, generated from its parameters and
+        the server `settings` (listen address, children, fr_timer). `trace` adds the xlog
+        lines the kamailio target parses (suspend/resume per transaction); off by default so
+        the cfg a user copies stays clean."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from core.runtime.process import Process, Program, Sleep
 from strategies.base import Strategy
-from strategies.inline import routing_script
+from strategies.inline import routing_script, trace_line
 from strategies.spec import Param
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class BlockingSleep(Strategy):
         )
         yield from server.relay_now(process, txn)
 
-    def kamailio_config(self, settings: ServerSettings | None = None) -> str:
+    def kamailio_config(self, settings: ServerSettings | None = None, trace: bool = False) -> str:
         us = self.values["ms"] * 1000
         return routing_script(
             spec=self.spec,
@@ -80,9 +80,9 @@ class BlockingSleep(Strategy):
                 "that transaction too.",
             ],
             defer=(
-                f"\t# blocks THIS SIP worker for {self.values['ms']} ms + sleep overshoot\n"
-                f"\tusleep({us});\n"
-                "\troute(RELAY);"
+                (trace_line("suspend") if trace else "")
+                + f"\t# blocks THIS SIP worker for {self.values['ms']} ms + sleep overshoot\n"
+                f"\tusleep({us});\n" + (trace_line("resume") if trace else "") + "\troute(RELAY);"
             ),
             settings=settings,
             modules=("cfgutils",),

@@ -142,17 +142,38 @@ route[DEFER] {{
 {routes}"""
 
 
-CONTINUATION_ROUTE = """
+TRACE_MARK = "DEFERBENCH"
+"""Prefix of the trace lines the kamailio target parses from Kamailio's log."""
+
+
+def trace_line(event: str, indent: str = "\t") -> str:
+    """The xlog line that logs one deferral `event` ("suspend" or "resume") when asked.
+
+    Only `kamailio_config(..., trace=True)` (the kamailio target) writes it, so the cfg a
+    user copies stays clean. Wall-clock seconds.microseconds, Call-ID, CSeq number and the
+    PID of the process running the script: the harness pairs suspend and resume per
+    (Call-ID, CSeq) and maps the PID to a process role.
+    """
+    return f'{indent}xlog("L_NOTICE", "{TRACE_MARK} {event} $TV(Sn) $ci $cs $pp\\n");\n'
+
+
+def continuation_route(trace: bool = False) -> str:
+    """The `route[RESUME]` every suspending strategy continues into: relay the re-INVITE."""
+    resume = trace_line("resume") if trace else ""
+    return f"""
 # The continuation: runs as a FAILURE_ROUTE on a pkg copy of the request, synchronously in
 # whichever process called t_continue(), holding the transaction's reply lock until it ends.
 # Ending with no final reply and no pending branch would kill the transaction with a 500.
-route[RESUME] {
-	if (!t_relay()) {
-		t_reply("500", "Relay failed");
-	}
-}
+route[RESUME] {{
+{resume}\tif (!t_relay()) {{
+\t\tt_reply("500", "Relay failed");
+\t}}
+}}
 """
-"""The `route[RESUME]` every suspending strategy continues into: relay the re-INVITE."""
+
+
+CONTINUATION_ROUTE = continuation_route()
+"""`continuation_route()` without tracing."""
 
 
 class Inline(Strategy):
@@ -169,7 +190,8 @@ class Inline(Strategy):
     def defer(self, server: Server, process: Process, txn: TxnId) -> Program:
         yield from server.relay_now(process, txn)
 
-    def kamailio_config(self, settings: ServerSettings | None = None) -> str:
+    def kamailio_config(self, settings: ServerSettings | None = None, trace: bool = False) -> str:
+        # nothing is deferred, so there is nothing to trace
         return routing_script(
             spec=self.spec,
             about=["Control: no deferral. The re-INVITE is relayed by the SIP worker at once."],

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from core.runtime.process import Compute, Process, Program, Sleep
 from strategies.base import Strategy
-from strategies.inline import CONTINUATION_ROUTE, routing_script
+from strategies.inline import continuation_route, routing_script, trace_line
 from strategies.spec import Param, SpecError, format_duration
 
 if TYPE_CHECKING:
@@ -272,7 +272,7 @@ class MqueueRtimer(Strategy):
 
     # ------------------------------------------------------------------ kamailio.cfg
 
-    def kamailio_config(self, settings: ServerSettings | None = None) -> str:
+    def kamailio_config(self, settings: ServerSettings | None = None, trace: bool = False) -> str:
         timers = self.values["timers"]
         interval_us = round(self.values["interval"] * 1e6)
         size, addmode, min_age = self.values["size"], self.values["addmode"], self.values["min_age"]
@@ -281,7 +281,7 @@ class MqueueRtimer(Strategy):
         return routing_script(
             spec=self.spec,
             about=_about(timers, self.values["interval"], take_one, min_age),
-            defer=_defer_block(min_age),
+            defer=_defer_block(min_age, trace),
             settings=settings,
             modules=modules,
             modparams=[
@@ -296,7 +296,7 @@ class MqueueRtimer(Strategy):
                 f'mode={timers}")',
                 f'modparam("rtimer", "exec", "timer={TIMER_NAME};route=DQ_POLL")',
             ],
-            routes=_poll_route(take_one, min_age) + CONTINUATION_ROUTE,
+            routes=_poll_route(take_one, min_age) + continuation_route(trace),
         )
 
 
@@ -339,7 +339,7 @@ def _queue_comment(size: int, addmode: int) -> str:
     return f"# mqueue: a shared-memory FIFO of string pairs, one lock.\n# {policy}.\n# {bound}."
 
 
-def _defer_block(min_age: float | None) -> str:
+def _defer_block(min_age: float | None, trace: bool = False) -> str:
     value = '"$T(id_label)"' if min_age is None else '"$T(id_label):$TV(Sn)"'
     stamp = (
         ""
@@ -347,7 +347,8 @@ def _defer_block(min_age: float | None) -> str:
         else '\t# min_age: the value also carries the add time, "sec.usec" read in one call\n'
     )
     return (
-        "\t# t_suspend() creates the transaction, sends 100 Trying at once, adds a blind\n"
+        (trace_line("suspend") if trace else "")
+        + "\t# t_suspend() creates the transaction, sends 100 Trying at once, adds a blind\n"
         "\t# branch and arms its fr_timer: nobody continuing it in time means a 408.\n"
         "\tt_suspend();\n"
         "\t# key = hash index, value = label: strings; the timer converts them back\n"
