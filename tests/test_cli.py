@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,15 +130,15 @@ def test_check_passes_against_itself_and_catches_a_worse_run(small_run, capsys, 
 
 def test_same_seed_in_a_fresh_process_gives_identical_sim_figures(small_run, tmp_path):
     out = tmp_path / "again"
-    exe = shutil.which("deferbench") or "deferbench"
+    exe = [sys.executable, "-m", "harness.cli"]  # CI runs pytest without the venv on PATH
     proc = subprocess.run(
-        [exe, "run", "--strategy", "inline", "--strategy", "async-route", "--load", SMALL_LOAD,
+        [*exe, "run", "--strategy", "inline", "--strategy", "async-route", "--load", SMALL_LOAD,
          "--seed", "3", "--out", str(out), "--quiet", "--no-plots"],
         capture_output=True, text=True, timeout=300, env=None,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     check = subprocess.run(
-        [exe, "check", "--baseline", str(small_run / "result.json"), str(out / "result.json")],
+        [*exe, "check", "--baseline", str(small_run / "result.json"), str(out / "result.json")],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
