@@ -321,11 +321,6 @@ class Uac:
                 del self._live[target.call_id]
         return sends
 
-    @property
-    def finished(self) -> int:
-        """Calls that ended (completed or failed)."""
-        return len(self.calls) - self.active
-
     # ------------------------------------------------------------------ requests
 
     def _send_request(

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -220,10 +220,6 @@ class SimNetwork:
             payload = message.copy()
         kernel = self.kernel
         kernel.call_at(kernel.now + delay, host.receiver, payload, source)
-
-    def send_all(self, sends: Iterable[Send], source: Address) -> None:
-        for send in sends:
-            self.send(send.message, source, send.destination)
 
     def stats(self) -> dict[str, int]:
         """Datagrams sent and lost per link that carried traffic, plus unroutable ones."""

@@ -8,13 +8,12 @@ command that reproduces it.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
 from pathlib import Path
 
 from tabulate import tabulate
 
 from harness import plots
-from harness.results import RunResult, StrategyResult
+from harness.results import RunResult
 
 
 def _ms(value: float | None, digits: int = 2) -> str:
@@ -162,7 +161,3 @@ def write_plots(result: RunResult, directory: Path) -> list[Path]:
         ),
         plots.delay_cdf(delays, requested, directory / "delay_cdf.png", f"deferral delay, {rate}"),
     ]
-
-
-def strategies_with_problems(result: RunResult) -> Sequence[StrategyResult]:
-    return [s for s in result.strategies if not s.ledger.clean]

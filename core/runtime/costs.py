@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,6 @@ class CostProfile:
 
     def with_values(self, **values: float) -> CostProfile:
         return replace(self, **values)
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], source: str = "cost profile") -> CostProfile:

@@ -104,10 +104,6 @@ class Process:
         self._program = program
         self.kernel.call_soon(self._resume, None)
 
-    @property
-    def running(self) -> bool:
-        return self._program is not None
-
     # ------------------------------------------------------------------ stepping
 
     def _resume(self, value: Any) -> None:
