@@ -374,6 +374,46 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from harness import calibrate as cal
+    from harness.runner import local_executor
+    from harness.targets.kamailio import KamailioTargetError
+
+    settings = _server_settings(args)
+    base = CostProfile.load(args.costs) if args.costs else CostProfile()
+    try:
+        rates = [float(r) for r in args.rates.split(",") if r.strip()]
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        raise UsageError(f"calibrate: {exc}") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise UsageError(f"--rates needs positive re-INVITE rates, got {args.rates!r}")
+    if not duration > 0:
+        raise UsageError(f"--duration must be > 0, got {args.duration!r}")
+    specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("results") / "calibration" / stamp
+    command = ["deferbench", *args.argv]
+    executor = local_executor(args.jobs)
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        result = cal.calibrate(
+            specs, rates, duration, args.seed, settings, base, executor=executor, progress=say
+        )
+    except KamailioTargetError as exc:
+        raise UsageError(f"kamailio target: {exc}") from None
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    profile = cal.write(result, out, command)
+    print(cal.table(result))
+    print("\nfitted:\n" + "\n".join(f"  {note}" for note in result.notes))
+    print("\nfidelity (issue 6 bounds):\n" + cal.summary(result))
+    print(f"\nreproduce: {' '.join(command)}\nwritten: {out}/")
+    print(f"use it: deferbench run --costs {profile}")
+    return 0
+
+
 def _add_network_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--network",
@@ -556,6 +596,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(p_sweep)
     _add_network_flag(p_sweep)
     p_sweep.set_defaults(handler=_cmd_sweep)
+
+    p_cal = sub.add_parser(
+        "calibrate",
+        help="the same loads on sim and kamailio; fit a cost profile; side-by-side table",
+        description="Runs every strategy at every rate on real Kamailio and on the sim "
+        "(identical seeded loads), fits the cost profile to Kamailio's figures, re-runs the "
+        "sim with it and prints both side by side with PASS/MISS against the fidelity "
+        "bounds. Writes profile.toml (for --costs) and calibration.json under "
+        "results/calibration/<stamp>/ unless --out is given. The default profile is "
+        "unchanged.",
+    )
+    p_cal.add_argument(
+        "--strategy",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="strategy spec; repeat (default: every strategy)",
+    )
+    p_cal.add_argument(
+        "--rates", default="50,200", metavar="R1,R2,...", help="re-INVITEs/s (default 50,200)"
+    )
+    p_cal.add_argument(
+        "--duration", default="3s", metavar="DURATION", help="each run's load (default 3s)"
+    )
+    p_cal.add_argument("--seed", type=int, default=1, metavar="N")
+    p_cal.add_argument("--out", metavar="DIR", help="where to write profile.toml and JSON")
+    p_cal.add_argument("--jobs", type=int, metavar="N", help="parallel sim runs")
+    p_cal.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_server_flags(p_cal)
+    p_cal.set_defaults(handler=_cmd_calibrate, fr_timer="5s")
 
     p_serve = sub.add_parser(
         "serve",

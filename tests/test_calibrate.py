@@ -1,0 +1,184 @@
+"""`deferbench calibrate`: the fitting arithmetic on synthetic figures, and one real run.
+
+The end-to-end test drives real Kamailio (skipped without it outside CI, like the kamailio
+target's tests): two strategies at 50 re-INVITEs/s for 2 s, a profile written that
+`CostProfile.load` accepts, and the side-by-side table printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from core.runtime.costs import CostProfile
+from harness import calibrate as cal
+
+needs_kamailio = pytest.mark.skipif(
+    shutil.which("kamailio") is None and not os.environ.get("CI"),
+    reason="kamailio not installed (CI installs it)",
+)
+
+
+# ---------------------------------------------------------------------------- fitting
+
+
+def test_fit_timer_recovers_pass_cost_and_overshoot():
+    # 12 processes, 10 ms interval, 260 µs overshoot, 40 µs pass -> period 10.3 ms
+    wakeups = 12 / 0.0103
+    fit = cal.fit_timer("rtimer", 12, 0.010, wakeups, busy_core_share=40e-6 * wakeups)
+    assert fit is not None
+    assert fit.pass_us == pytest.approx(40.0)
+    assert fit.period_s == pytest.approx(0.0103)
+    assert fit.overshoot_us == pytest.approx(260.0)
+
+
+def test_fit_timer_has_nothing_to_fit_without_wakeups():
+    assert cal.fit_timer("rtimer", 12, 0.010, 0.0, 0.0) is None
+    assert cal.fit_timer("rtimer", 0, 0.010, 100.0, 0.01) is None
+
+
+def test_marginal_cpu_removes_the_standing_cost_spread_over_the_rate():
+    # 5 % of a core idle = 50,000 µs/s; at 100 re-INVITEs/s that is 500 µs each
+    assert cal.marginal_us(1000.0, 0.05, 100.0) == pytest.approx(500.0)
+    assert cal.marginal_us(1000.0, 0.05, 200.0) == pytest.approx(750.0)
+
+
+def test_fit_scale_is_the_median_ratio_and_skips_empty_models():
+    assert cal.fit_scale([400.0, 900.0, 300.0], [100.0, 300.0, 100.0]) == pytest.approx(3.0)
+    assert cal.fit_scale([400.0], [0.0]) is None
+
+
+def test_fit_deferral_charges_the_unexplained_extra_to_suspend_and_continue():
+    base = CostProfile()  # t_suspend + t_continue = 40 µs
+    total = base.t_suspend + base.t_continue
+    assert cal.fit_deferral([500.0, 300.0], [100.0, 100.0], base) == pytest.approx(total + 300.0)
+    assert cal.fit_deferral([0.0], [500.0], base) == 0.0  # never negative
+    assert cal.fit_deferral([], [], base) is None
+
+
+def test_fitted_profile_sets_only_what_was_fitted_and_clamps_negative_overshoot():
+    base = CostProfile()
+    early = cal.TimerFit("rtimer", 1, 0.010, 1 / 0.0099, 0.0)  # period shorter than interval
+    profile, notes = cal.fitted_profile(base, [early], message_scale=2.0, deferral_total_us=80.0)
+    assert profile.sleep_overshoot == 0.0
+    assert any("clamped" in n for n in notes)
+    assert profile.request == 2 * base.request and profile.relay == 2 * base.relay
+    assert profile.t_suspend + profile.t_continue == pytest.approx(80.0)
+    assert profile.async_ms_pass == base.async_ms_pass  # no async-ms-timer fit: unchanged
+
+
+def test_profile_toml_round_trips_through_costprofile_load(tmp_path):
+    profile = CostProfile().with_values(rtimer_pass=39.5, sleep_overshoot=250.0)
+    path = tmp_path / "profile.toml"
+    path.write_text(cal.profile_toml(profile, ["a comment"]), encoding="utf-8")
+    assert CostProfile.load(path) == profile
+
+
+# ---------------------------------------------------------------------------- judging
+
+
+def _figs(p50: float, p99: float, early: float, wakeups: float) -> dict:
+    return {
+        "strategy": "async-route",
+        "delay_p50_ms": p50,
+        "delay_p99_ms": p99,
+        "early_pct": early,
+        "idle_wakeups_per_s": wakeups,
+        "idle_by_role": {"async-ms-timer": {"wakeups_per_s": wakeups, "cpu_pct_core": 1.0}},
+        "resumed_by": ["async-task-worker"],
+        "ledger": {"transactions": 10, "resumed": 10, "lost": 0},
+    }
+
+
+def _verdicts(checks: list[cal.Check]) -> dict[str, str]:
+    return {c.figure: c.verdict for c in checks}
+
+
+def test_judge_uses_the_larger_of_10_percent_and_half_a_millisecond():
+    kam = _figs(2.0, 20.0, 10.0, 1000.0)
+    close = cal.judge(kam, _figs(2.45, 21.9, 14.0, 1090.0), 200.0, 200.0, 200.0)
+    assert set(_verdicts(close).values()) == {"PASS"}
+    far = cal.judge(kam, _figs(2.6, 22.5, 16.0, 1110.0), 200.0, 100.0, 200.0)
+    assert _verdicts(far) == {
+        "delay p50 ms": "MISS",
+        "delay p99 ms": "MISS",
+        "early %": "MISS",
+        "idle wake-ups/s": "MISS",
+        "capacity re-INV/s": "MISS",
+    }
+
+
+def test_judge_names_a_timer_role_the_sim_lacks():
+    kam = _figs(2.0, 3.0, 0.0, 1000.0)
+    kam["idle_by_role"]["timer"] = {"wakeups_per_s": 500.0, "cpu_pct_core": 0.1}
+    checks = cal.judge(kam, _figs(2.0, 3.0, 0.0, 500.0), None, None, 50.0)
+    miss = next(c for c in checks if c.figure == "idle wake-ups/s")
+    assert miss.verdict == "MISS" and "timer 500/s" in miss.why
+
+
+def test_figures_express_cpu_in_one_core_and_per_reinvite():
+    idle = {"cpu": {"busy_share": 0.01, "wakeups_per_s": 16.0, "by_role": {}}}
+    entry = {
+        "strategy": "inline",
+        "delay_ms": {"p50": None, "p90": None, "p99": None},
+        "early_share": None,
+        "cpu": {"busy_share": 0.05, "per_txn_us": 1000.0},
+        "counters": {},
+        "ledger": {},
+    }
+    figs = cal.figures(entry, idle, cores=2, reinvite_rate=100.0)
+    assert figs["idle_cpu_pct_core"] == pytest.approx(2.0)  # 1 % of 2 cores = 2 % of one
+    assert figs["load_cpu_pct_core"] == pytest.approx(10.0)
+    assert figs["marginal_us_per_reinvite"] == pytest.approx(1000.0 - 20_000.0 / 100.0)
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+@needs_kamailio
+def test_calibrate_two_strategies_writes_a_loadable_profile_and_prints_the_table(tmp_path):
+    out = tmp_path / "cal"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "calibrate", "--strategy", "inline",
+         "--strategy", "mqueue-rtimer", "--rates", "50", "--duration", "2s",
+         "--out", str(out), "--quiet"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    profile = CostProfile.load(out / "profile.toml")
+    assert profile != CostProfile()  # something was fitted
+    assert profile.rtimer_pass > 0
+    for text in ("delay p50 ms", "idle wake-ups/s", "CPU µs per re-INVITE", "kamailio"):
+        assert text in proc.stdout
+    document = json.loads((out / "calibration.json").read_text())
+    assert [p["strategy"].partition(":")[0] for p in document["points"]] == [
+        "inline",
+        "mqueue-rtimer",
+    ]
+    for point in document["points"]:
+        # identical seeded loads: the same re-INVITEs on both sides, about 50/s for 2 s
+        transactions = point["kamailio"]["ledger"]["transactions"]
+        assert transactions == point["sim"]["ledger"]["transactions"]
+        assert 50 <= transactions <= 200
+        assert {c["verdict"] for c in point["checks"]} <= {"PASS", "MISS", "n/a"}
+    rtimer = next(f for f in document["timer_fits"] if f["role"] == "rtimer")
+    assert rtimer["processes"] == 12 and rtimer["wakeups_per_s"] > 0
+
+
+def test_capacity_failure_names_the_criterion_that_failed():
+    entry = {
+        "requested_delay_ms": 10.0,
+        "ledger": {"transactions": 640, "resumed": 639, "race_491": 1, "lost": 0},
+        "lateness_ms": {"p99": 2.0},
+        "e2e_ms": {"p99": 152.7},
+    }
+    why = cal.capacity_failure(entry)
+    assert "race_491=1" in why and "p99 e2e 152.7 ms > 60" in why and "lateness" not in why
+    inline = {**entry, "requested_delay_ms": 0.0, "lateness_ms": {"p99": None},
+              "ledger": {"transactions": 10, "resumed": 10}, "e2e_ms": {"p99": 1.0}}  # fmt: skip
+    assert cal.capacity_failure(inline) == ""  # nothing deferred: lateness does not apply
