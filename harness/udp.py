@@ -2,10 +2,11 @@
 
 A `UdpSocket` is a plain non-blocking socket: sends are synchronous `sendto()` calls, so a
 kernel callback (a process step of the live proxy, an endpoint's timer) can send without
-awaiting, as Kamailio's workers do; receiving is one anyio task per socket that waits until
-the socket is readable and drains it in bounded batches, handing each datagram to a
-callback. A full send buffer is not waited for: the datagram is dropped and counted, as a
-UDP sender may.
+awaiting, as Kamailio's workers do; receiving drains the socket in bounded batches (until
+EAGAIN), handing each datagram to a callback: either one anyio task per socket that waits
+until it is readable (`receive_loop`), or the owner of an event loop calls `drain` itself
+(the live proxy's kernel does, see `Kernel.add_reader`). A full send buffer is not waited
+for: the datagram is dropped and counted, as a UDP sender may.
 
 Drops the process cannot see (datagrams the OS discarded because the receive buffer was
 full) are read from /proc/net/udp (`os_drops`), so overload is accounted for, not hidden.
@@ -75,25 +76,38 @@ class UdpSocket:
     async def receive_loop(self, deliver: Callable[[bytes, Address], None]) -> None:
         """Hand every datagram to `deliver(data, source)` until cancelled or closed."""
         sock = self.sock
-        counters = self.counters
         while True:
             try:
                 await anyio.wait_readable(sock)
             except (anyio.ClosedResourceError, OSError, ValueError):
                 return
-            for _ in range(BATCH):
+            if not self.drain(deliver):
+                return
+            await anyio.lowlevel.checkpoint()
+
+    def drain(self, deliver: Callable[[bytes, Address], None], limit: int = BATCH) -> bool:
+        """Read up to `limit` queued datagrams without blocking (until EAGAIN), handing each
+        to `deliver`; False once the socket is closed or broken."""
+        recvfrom = self.sock.recvfrom
+        counters = self.counters
+        received = 0
+        try:
+            for _ in range(limit):
                 try:
-                    data, source = sock.recvfrom(RECEIVE_SIZE)
+                    data, source = recvfrom(RECEIVE_SIZE)
                 except BlockingIOError:
                     break
                 except ConnectionRefusedError:  # ICMP port unreachable from an earlier send
                     counters["icmp unreachable"] += 1
                     continue
                 except OSError:
-                    return
-                counters["received"] += 1
+                    return False
+                received += 1
                 deliver(data, (source[0], source[1]))
-            await anyio.lowlevel.checkpoint()
+        finally:
+            if received:
+                counters["received"] += received
+        return True
 
     def os_drops(self) -> int | None:
         """Datagrams the OS dropped for this socket (full receive buffer); None if unknown."""

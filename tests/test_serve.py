@@ -193,6 +193,24 @@ def test_hostile_input_is_answered_or_dropped_and_a_call_still_completes(serve, 
     assert "final t=" in process.log_text()
 
 
+def test_a_burst_is_relayed_in_the_order_it_arrived(serve, client):
+    """More requests at once than there are SIP workers: each is relayed in arrival order
+    (an ACK relayed after the re-INVITE sent behind it would fail the call at the UAS)."""
+    process = serve()
+    me = client.getsockname()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    sink_uri = f"sip:sink@127.0.0.1:{sink.getsockname()[1]}"
+    burst = [f"burst-{i}" for i in range(40)]
+    try:
+        for call_id in burst:
+            client.sendto(_request("MESSAGE", sink_uri, me, call_id=call_id), process.address)
+        relayed = [parse_message(d).call_id for d in _datagrams(sink, 0.4)]  # before Timer E
+    finally:
+        sink.close()
+    assert relayed == burst
+
+
 def test_overload_is_shed_statelessly_and_every_request_is_accounted_for(serve, client):
     cap = 200
     process = serve("--max-transactions", str(cap))
