@@ -200,3 +200,45 @@ def test_a_program_yielding_something_else_is_a_clear_error():
     proc.start(program())
     with pytest.raises(TypeError, match="bad yielded 'not an op'"):
         kernel.run_due(0.0)
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_a_reader_drains_a_burst_in_arrival_order_on_the_real_clock(backend: str):
+    """The driver itself reads a readable socket (live target): a burst sent before the
+    kernel looks is delivered whole, in order, stamped with kernel time."""
+    import socket
+
+    got: list[tuple[bytes, float]] = []
+
+    async def main() -> None:
+        kernel = Kernel(live=True)
+        receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)
+        try:
+
+            def drain() -> None:
+                while True:
+                    try:
+                        data = receiver.recv(2048)
+                    except BlockingIOError:
+                        return
+                    got.append((data, kernel.now))
+
+            kernel.add_reader(receiver, drain)
+            for i in range(20):
+                sender.sendto(b"datagram %02d" % i, receiver.getsockname())
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(kernel.run)
+                    while len(got) < 20:
+                        await anyio.sleep(0.01)
+                    tg.cancel_scope.cancel()
+        finally:
+            receiver.close()
+            sender.close()
+
+    anyio.run(main, backend=backend)
+    assert [data for data, _ in got] == [b"datagram %02d" % i for i in range(20)]
+    assert all(0.0 <= at < 5.0 for _, at in got)
