@@ -47,6 +47,7 @@ live target drive it), or know which strategy the proxy runs.
 from __future__ import annotations
 
 import zlib
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -219,7 +220,48 @@ LINGER = 32.0
 """Seconds an ended call stays known, to acknowledge late 2xx retransmissions (64·T1)."""
 
 
-class Uac:
+class _Endpoint(ABC):
+    """What both user agents share: one timer heap driving their transactions' timers and
+    their own (next request, 2xx retransmission, forgetting a call), all sans-IO."""
+
+    _heap: TimerHeap
+    counters: Counter[str]
+
+    def next_deadline(self) -> float | None:
+        return self._heap.next_deadline()
+
+    def expire(self, now: float) -> list[Send]:
+        """Fire every timer due at or before `now`: retransmissions, timeouts, next steps."""
+        sends: list[Send] = []
+        pop = self._heap.pop_due
+        while (entry := pop(now)) is not None:
+            target, name = entry[2], entry[3]
+            if isinstance(target, Transaction):
+                try:
+                    outputs = target.on_timer(name, now)
+                except TransactionError:  # a timer its table does not expect: drop it
+                    self.counters["timers out of place"] += 1
+                    continue
+                self._transaction_timer(target, name)
+                sends += self._outputs(target, outputs, now)
+            else:
+                sends += self._own_timer(target, name, entry[0], now)
+        return sends
+
+    def _transaction_timer(self, txn: Transaction, name: str) -> None:
+        """A transaction timer fired (before its outputs are handled); nothing by default."""
+        return None
+
+    @abstractmethod
+    def _outputs(self, txn: Any, outputs: list, now: float) -> list[Send]:
+        """Handle what a transaction returned; the messages to send."""
+
+    @abstractmethod
+    def _own_timer(self, target: Any, name: str, when: float, now: float) -> list[Send]:
+        """One of the endpoint's own timers fired."""
+
+
+class Uac(_Endpoint):
     """Plays each call of a schedule: INVITE, `reinvites` re-INVITEs `gap` apart, BYE."""
 
     def __init__(
@@ -297,29 +339,16 @@ class Uac:
             return []
         return self._outputs(txn, outputs, now)
 
-    def next_deadline(self) -> float | None:
-        return self._heap.next_deadline()
+    def _transaction_timer(self, txn: Transaction, name: str) -> None:
+        if name == "A" or name == "E":
+            self._note_retransmission(txn)
 
-    def expire(self, now: float) -> list[Send]:
-        """Fire every timer due at or before `now`: retransmissions, timeouts, next steps."""
-        sends: list[Send] = []
-        pop = self._heap.pop_due
-        while (entry := pop(now)) is not None:
-            target, name = entry[2], entry[3]
-            if isinstance(target, Transaction):
-                try:
-                    outputs = target.on_timer(name, now)
-                except TransactionError:  # a timer its table does not expect: drop it
-                    self.counters["timers out of place"] += 1
-                    continue
-                if name == "A" or name == "E":
-                    self._note_retransmission(target)
-                sends += self._outputs(target, outputs, now)
-            elif name == "next":
-                sends += self._next_step(target, now, entry[0])
-            elif name == "forget" and self._live.get(target.call_id) is target:
-                del self._live[target.call_id]
-        return sends
+    def _own_timer(self, target: Any, name: str, when: float, now: float) -> list[Send]:
+        if name == "next":
+            return self._next_step(target, now, when)
+        if name == "forget" and self._live.get(target.call_id) is target:
+            del self._live[target.call_id]
+        return []
 
     # ------------------------------------------------------------------ requests
 
@@ -546,7 +575,7 @@ class _Pending2xx:
         self.since = 0.0
 
 
-class Uas:
+class Uas(_Endpoint):
     """A strict UAS: 200 to INVITEs, `race_code` to a re-INVITE that overtook an ACK."""
 
     def __init__(
@@ -597,24 +626,8 @@ class Uas:
             self.counters["requests refused"] += 1
             return []
 
-    def next_deadline(self) -> float | None:
-        return self._heap.next_deadline()
-
-    def expire(self, now: float) -> list[Send]:
-        sends: list[Send] = []
-        pop = self._heap.pop_due
-        while (entry := pop(now)) is not None:
-            target, name = entry[2], entry[3]
-            if isinstance(target, Transaction):
-                try:
-                    outputs = target.on_timer(name, now)
-                except TransactionError:  # a timer its table does not expect: drop it
-                    self.counters["timers out of place"] += 1
-                    continue
-                sends += self._outputs(target, outputs, now)
-            else:
-                sends += self._retransmit_2xx(target, now)
-        return sends
+    def _own_timer(self, target: Any, name: str, when: float, now: float) -> list[Send]:
+        return self._retransmit_2xx(target, now)
 
     # ------------------------------------------------------------------ answering
 

@@ -27,6 +27,7 @@ other than the kernel's.
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -245,37 +246,27 @@ class Endpoint(Protocol):
     def expire(self, now: float) -> list[Send]: ...
 
 
-class SimHost:
-    """A sans-IO endpoint at `address` on the simulated network and the kernel's clock."""
+class EndpointHost(ABC):
+    """Drives a sans-IO endpoint on a kernel: sends what it returns and keeps one kernel
+    timer armed at its next deadline. Subclasses say how messages leave (`_send_all`)."""
 
-    __slots__ = ("kernel", "network", "address", "endpoint", "_armed")
+    __slots__ = ("kernel", "endpoint", "_armed")
 
-    def __init__(
-        self, kernel: Kernel, network: SimNetwork, address: Address, endpoint: Endpoint
-    ) -> None:
+    def __init__(self, kernel: Kernel, endpoint: Endpoint) -> None:
         self.kernel = kernel
-        self.network = network
-        self.address = address
         self.endpoint = endpoint
         self._armed: TimerHandle | None = None
-        network.attach(address, self.receive)
-
-    def receive(self, message: SipMessage, source: Address) -> None:
-        self.emit(self.endpoint.receive(message, source, self.kernel.now))
 
     def emit(self, sends: list[Send]) -> None:
         """Send what the endpoint returned and re-arm its timer (call after every input)."""
         if sends:
-            send = self.network.send
-            address = self.address
-            for out in sends:
-                send(out.message, address, out.destination)
+            self._send_all(sends)
         deadline = self.endpoint.next_deadline()
         if deadline is None:
             return
         armed = self._armed
         if armed is not None:
-            if armed.when <= deadline:
+            if armed.when <= deadline and not armed.cancelled:
                 return
             armed.cancel()
         self._armed = self.kernel.call_at(deadline, self._fire)
@@ -283,3 +274,30 @@ class SimHost:
     def _fire(self) -> None:
         self._armed = None
         self.emit(self.endpoint.expire(self.kernel.now))
+
+    @abstractmethod
+    def _send_all(self, sends: list[Send]) -> None:
+        """Put the endpoint's outgoing messages on the wire."""
+
+
+class SimHost(EndpointHost):
+    """A sans-IO endpoint at `address` on the simulated network and the kernel's clock."""
+
+    __slots__ = ("network", "address")
+
+    def __init__(
+        self, kernel: Kernel, network: SimNetwork, address: Address, endpoint: Endpoint
+    ) -> None:
+        super().__init__(kernel, endpoint)
+        self.network = network
+        self.address = address
+        network.attach(address, self.receive)
+
+    def receive(self, message: SipMessage, source: Address) -> None:
+        self.emit(self.endpoint.receive(message, source, self.kernel.now))
+
+    def _send_all(self, sends: list[Send]) -> None:
+        send = self.network.send
+        address = self.address
+        for out in sends:
+            send(out.message, address, out.destination)

@@ -47,13 +47,13 @@ from typing import Any
 import anyio
 
 from core.events import Address, Send
-from core.runtime.kernel import Kernel, TimerHandle
+from core.runtime.kernel import Kernel
 from core.runtime.server import ServerSettings
 from core.sip import SipParseError, parse_message
 from harness.endpoints import Uac, Uas
 from harness.ledger import Ledger
 from harness.load import LoadSpec, schedule
-from harness.network import Endpoint
+from harness.network import Endpoint, EndpointHost
 from harness.targets.common import CpuWindow, DeferralRecord, strategy_entry
 from harness.udp import UdpSocket
 from strategies import parse_spec
@@ -179,15 +179,15 @@ class ServeProcess:
 # ---------------------------------------------------------------------------- endpoints
 
 
-class UdpHost:
+class UdpHost(EndpointHost):
     """A sans-IO endpoint on a UDP socket and a real-clock kernel (the live `SimHost`)."""
 
+    __slots__ = ("socket", "counters")
+
     def __init__(self, kernel: Kernel, socket: UdpSocket, endpoint: Endpoint) -> None:
-        self.kernel = kernel
+        super().__init__(kernel, endpoint)
         self.socket = socket
-        self.endpoint = endpoint
         self.counters: Counter[str] = Counter()
-        self._armed: TimerHandle | None = None
 
     def datagram(self, data: bytes, source: Address) -> None:
         """Socket task: hand the datagram to the kernel (which owns the endpoint)."""
@@ -201,22 +201,9 @@ class UdpHost:
             return
         self.emit(self.endpoint.receive(message, source, self.kernel.now))
 
-    def emit(self, sends: list[Send]) -> None:
+    def _send_all(self, sends: list[Send]) -> None:
         for out in sends:
             self.socket.send(bytes(out.message), out.destination)
-        deadline = self.endpoint.next_deadline()
-        if deadline is None:
-            return
-        armed = self._armed
-        if armed is not None:
-            if armed.when <= deadline and not armed.cancelled:
-                return
-            armed.cancel()
-        self._armed = self.kernel.call_at(deadline, self._fire)
-
-    def _fire(self) -> None:
-        self._armed = None
-        self.emit(self.endpoint.expire(self.kernel.now))
 
 
 # ---------------------------------------------------------------------------- the run
