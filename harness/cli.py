@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import textwrap
 import zlib
@@ -19,11 +20,12 @@ from pathlib import Path
 from tabulate import tabulate
 
 import strategies
-from core.runtime.costs import CostProfile, CostProfileError
+from core.runtime.costs import CostProfileError
 from core.runtime.server import ServerSettings
 from harness import report
 from harness.load import LoadError, parse_load
 from harness.network import Link, parse_link
+from harness.profile import ADOPTED, BUILT_IN, sim_profile
 from harness.results import ResultError, RunResult, read_result, write_result
 from harness.suites import Suite, SuiteError, SuiteRun, load_suite
 from harness.sweep import SweepError
@@ -122,7 +124,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
 
     settings = _server_settings(args)
-    costs = CostProfile.load(args.costs) if args.costs else CostProfile()
+    costs, costs_source = sim_profile(args.costs)
     suite = _suite_from_args(args)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-{suite.name}"
@@ -148,6 +150,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             result = assemble(
                 entries, load=run.load, seed=run.seed, settings=settings,
                 target=run.target, command=command, backend=backend, network=network,
+                costs=None if live else costs_source,
             )  # fmt: skip
             directory = out if len(suite.runs) == 1 else out / f"run-{i}"
             path = write_result(result, directory)
@@ -252,7 +255,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from harness.sweep import capacity, run_sweep, tuning_answer
 
     settings = _server_settings(args)
-    costs = CostProfile.load(args.costs) if args.costs else CostProfile()
+    costs, _ = sim_profile(args.costs)
     try:
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
         bound = parse_duration(args.bound) * 1e3
@@ -380,12 +383,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from harness.targets.kamailio import KamailioTargetError
 
     settings = _server_settings(args)
-    base = CostProfile.load(args.costs) if args.costs else CostProfile()
+    base = sim_profile(args.costs or BUILT_IN)[0]  # fits start from the hand-derived costs
     try:
         rates = [float(r) for r in args.rates.split(",") if r.strip()]
         duration = parse_duration(args.duration)
     except ValueError as exc:
         raise UsageError(f"calibrate: {exc}") from None
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
     if not rates or any(r <= 0 for r in rates):
         raise UsageError(f"--rates needs positive re-INVITE rates, got {args.rates!r}")
     if not duration > 0:
@@ -398,8 +403,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
         result = cal.calibrate(
-            specs, rates, duration, args.seed, settings, base, executor=executor, progress=say
-        )
+            specs, rates, duration, args.seed, settings, base, repeat=args.repeat,
+            executor=executor, progress=say,
+        )  # fmt: skip
     except KamailioTargetError as exc:
         raise UsageError(f"kamailio target: {exc}") from None
     finally:
@@ -410,7 +416,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     print("\nfitted:\n" + "\n".join(f"  {note}" for note in result.notes))
     print("\nfidelity (issue 6 bounds):\n" + cal.summary(result))
     print(f"\nreproduce: {' '.join(command)}\nwritten: {out}/")
-    print(f"use it: deferbench run --costs {profile}")
+    if args.adopt:
+        ADOPTED.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(profile, ADOPTED)
+        print(f"adopted: {ADOPTED} (every sim run uses it unless --costs says otherwise)")
+    else:
+        print(f"use it: deferbench run --costs {profile} (or calibrate --adopt: the default)")
     return 0
 
 
@@ -447,7 +458,8 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--costs",
         metavar="FILE",
-        help="cost profile (TOML/JSON, µs per step) instead of the defaults",
+        help="sim cost profile (TOML/JSON, µs per step); default: the adopted calibration "
+        "results/calibration/profile.toml if present; 'built-in' for the hand-derived defaults",
     )
 
 
@@ -604,8 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(identical seeded loads), fits the cost profile to Kamailio's figures, re-runs the "
         "sim with it and prints both side by side with PASS/MISS against the fidelity "
         "bounds. Writes profile.toml (for --costs) and calibration.json under "
-        "results/calibration/<stamp>/ unless --out is given. The default profile is "
-        "unchanged.",
+        "results/calibration/<stamp>/ unless --out is given; --adopt also makes the fitted "
+        "profile the sim's default (results/calibration/profile.toml).",
     )
     p_cal.add_argument(
         "--strategy",
@@ -615,7 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="strategy spec; repeat (default: every strategy)",
     )
     p_cal.add_argument(
-        "--rates", default="50,200", metavar="R1,R2,...", help="re-INVITEs/s (default 50,200)"
+        "--rates",
+        default="50,200,500,1000",
+        metavar="R1,R2,...",
+        help="re-INVITEs/s (default 50,200,500,1000)",
     )
     p_cal.add_argument(
         "--duration", default="3s", metavar="DURATION", help="each run's load (default 3s)"
@@ -624,6 +639,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_cal.add_argument("--out", metavar="DIR", help="where to write profile.toml and JSON")
     p_cal.add_argument("--jobs", type=int, metavar="N", help="parallel sim runs")
     p_cal.add_argument("--quiet", action="store_true", help="no progress lines")
+    p_cal.add_argument(
+        "--repeat", type=int, default=1, metavar="N",
+        help="Kamailio runs per point: fits use all, judged figures are medians (default 1)",
+    )  # fmt: skip
+    p_cal.add_argument(
+        "--adopt", action="store_true",
+        help="make the fitted profile the sim's default (results/calibration/profile.toml)",
+    )  # fmt: skip
     _add_server_flags(p_cal)
     p_cal.set_defaults(handler=_cmd_calibrate, fr_timer="5s")
 

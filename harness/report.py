@@ -35,6 +35,8 @@ def headline(result: RunResult) -> str:
         f"{load.reinvite_rate:g} re-INVITEs/s offered; seed {result.seed}; "
         f"{result.server.children} SIP workers, {result.server.cores} cores, "
         f"fr_timer {result.server.fr_timer_ms / 1000:g}s"
+        + (f"; network {result.network}" if result.network else "")
+        + (f"; costs {result.costs}" if result.costs else "")
     )
 
 

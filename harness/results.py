@@ -27,6 +27,7 @@ measured or nothing to measure):
       "seed": 1,
       "server": {"children": 8, "cores": 4, "fr_timer_ms": 30000},
       "network": "1ms±1ms" | null,                   # sim: link latency ± jitter (loss)
+      "costs": "results/calibration/profile.toml" | "built-in" | "<file>" | null,  # sim profile
       "machine": {"platform": "Linux-6.1-x86_64", "python": "3.11.2",
                   "cpu_count": 8, "cpu_model": "AMD EPYC ..." | null},
       "strategies": [ {
@@ -395,6 +396,7 @@ class RunResult:
     machine: MachineFacts
     strategies: list[StrategyResult]
     network: str | None = None  # sim: the link model every direction used, e.g. "1ms±1ms"
+    costs: str | None = None  # sim: the cost profile's source (adopted file, built-in, --costs)
     schema: str = SCHEMA
 
     def strategy(self, spec: str) -> StrategyResult | None:
@@ -455,6 +457,7 @@ class RunResult:
             ),
             strategies=[StrategyResult.from_json(_Reader(s, p)) for s, p in r.array("strategies")],
             network=r.string("network", nullable=True) if "network" in data else None,
+            costs=r.string("costs", nullable=True) if "costs" in data else None,
         )
 
 

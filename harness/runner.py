@@ -151,8 +151,12 @@ def assemble(
     command: Sequence[str],
     backend: str | None = None,
     network: Link | None = None,
+    costs: str | None = None,
 ) -> RunResult:
-    """Wrap strategy entries into a validated `deferbench.result/1` document."""
+    """Wrap strategy entries into a validated `deferbench.result/1` document.
+
+    `costs`: the sim's cost profile source (`harness.profile.sim_profile`); None elsewhere.
+    """
     document = {
         "schema": "deferbench.result/1",
         "tool_version": tool_version(),
@@ -174,6 +178,7 @@ def assemble(
         },
         "machine": asdict(MachineFacts.current()),
         "network": network.describe() if network is not None else None,
+        "costs": costs,
         "strategies": list(entries),
     }
     return RunResult.from_json(document)

@@ -146,15 +146,16 @@ TRACE_MARK = "DEFERBENCH"
 """Prefix of the trace lines the kamailio target parses from Kamailio's log."""
 
 
-def trace_line(event: str, indent: str = "\t") -> str:
-    """The xlog line that logs one deferral `event` ("suspend" or "resume") when asked.
+def trace_line(event: str, indent: str = "\t", fields: str = "$TV(Sn) $ci $cs $pp") -> str:
+    """The xlog line that logs one `event` ("suspend", "resume", "timer-pass") when asked.
 
     Only `kamailio_config(..., trace=True)` (the kamailio target) writes it, so the cfg a
     user copies stays clean. Wall-clock seconds.microseconds, Call-ID, CSeq number and the
     PID of the process running the script: the harness pairs suspend and resume per
-    (Call-ID, CSeq) and maps the PID to a process role.
+    (Call-ID, CSeq) and maps the PID to a process role. A timer pass has no message:
+    its `fields` are time and PID only.
     """
-    return f'{indent}xlog("L_NOTICE", "{TRACE_MARK} {event} $TV(Sn) $ci $cs $pp\\n");\n'
+    return f'{indent}xlog("L_NOTICE", "{TRACE_MARK} {event} {fields}\\n");\n'
 
 
 def continuation_route(trace: bool = False) -> str:

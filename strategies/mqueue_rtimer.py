@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 QUEUE_NAME = "dq"
 TIMER_NAME = "dq"
 
-FORK_STAGGER = 5e-6
-"""Seconds between the forks of consecutive rtimer children: they start clustered (§7)."""
-
 DROP_COUNTERS = {
     "overflow": "mqueue_overflow_dropped_oldest",
     "duplicate_new": "mqueue_duplicate_key_dropped_new",
@@ -209,12 +206,12 @@ class MqueueRtimer(Strategy):
     def install(self, server: Server) -> None:
         pool = RtimerPool(MessageQueue(QUEUE_NAME, self.values["size"], self.values["addmode"]))
         self._pools[server] = pool
-        for child in range(self.values["timers"]):
+        for child, forked in enumerate(server.fork_offsets(self.values["timers"])):
             pool.processes.append(
                 server.spawn(
                     "rtimer",
                     f"RTIMER EXEC child={child} timer={TIMER_NAME}",
-                    self._timer_program(server, pool, child),
+                    self._timer_program(server, pool, forked),
                 )
             )
 
@@ -235,7 +232,7 @@ class MqueueRtimer(Strategy):
             server.count(DROP_COUNTERS[reason])
 
     def _timer_program(
-        self, server: Server, pool: RtimerPool, child: int
+        self, server: Server, pool: RtimerPool, forked: float
     ) -> Callable[[Process], Program]:
         def program(process: Process) -> Program:
             costs = server.costs
@@ -246,7 +243,7 @@ class MqueueRtimer(Strategy):
             fetch_empty = costs.seconds("mq_fetch_empty")
             first_fetch = costs.seconds("rtimer_pass") + fetch_empty
             item_extra = max(0.0, costs.seconds("mq_fetch_item") - fetch_empty)
-            wait = child * FORK_STAGGER + interval + server.overshoot()
+            wait = forked + interval + server.overshoot()  # forked: after the first child
             while True:
                 yield Sleep(wait)  # fork_basic_utimer(): sleep_us(interval) first ...
                 yield Compute(first_fetch)  # ... then the pass: faked msg, route, mq_fetch
@@ -296,7 +293,7 @@ class MqueueRtimer(Strategy):
                 f'mode={timers}")',
                 f'modparam("rtimer", "exec", "timer={TIMER_NAME};route=DQ_POLL")',
             ],
-            routes=_poll_route(take_one, min_age) + continuation_route(trace),
+            routes=_poll_route(take_one, min_age, trace) + continuation_route(trace),
         )
 
 
@@ -358,7 +355,11 @@ def _defer_block(min_age: float | None, trace: bool = False) -> str:
     )
 
 
-def _poll_route(take_one: bool, min_age: float | None) -> str:
+TRACED_PASSES = 20
+"""With `trace`, each rtimer process logs its first passes: phases and periods to fit."""
+
+
+def _poll_route(take_one: bool, min_age: float | None, trace: bool = False) -> str:
     label = (
         f"$(mqv({QUEUE_NAME}){{s.int}})"
         if min_age is None
@@ -369,6 +370,16 @@ def _poll_route(take_one: bool, min_age: float | None) -> str:
         "# Runs in each RTIMER EXEC process after every sleep. mqueue has no blocking wait:",
         "# the timers poll, and an item waits for whichever timer passes next.",
         "route[DQ_POLL] {",
+        *(
+            [
+                f"\tif ($var(passes) < {TRACED_PASSES}) {{  # $var: per process, starts at 0",
+                "\t\t$var(passes) = $var(passes) + 1;",
+                trace_line("timer-pass", "\t\t", "$TV(Sn) $pp").rstrip("\n"),
+                "\t}",
+            ]
+            if trace
+            else []
+        ),
         f'\twhile (mq_fetch("{QUEUE_NAME}")) {{',
         "\t\t# $mqk/$mqv are strings: passing them to t_continue() unconverted fails",
         '\t\t# ("Could not convert PV to int") and strands the transaction',

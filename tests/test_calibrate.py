@@ -79,6 +79,56 @@ def test_profile_toml_round_trips_through_costprofile_load(tmp_path):
     assert CostProfile.load(path) == profile
 
 
+def test_fit_phases_reads_fork_gaps_and_periods_from_first_passes():
+    # three timers forked 100 and 300 µs apart, each with periods of 10.1 ms then 10.3 ms
+    passes = {pid: [start, start + 0.0101, start + 0.0204]
+              for pid, start in ((7, 0.0), (8, 0.0001), (9, 0.0004))}  # fmt: skip
+    fit = cal.fit_phases("rtimer", passes)
+    assert fit is not None and fit.processes == 3
+    assert fit.fork_gaps_us == pytest.approx((100.0, 300.0))
+    assert fit.fork_gap_us == pytest.approx(200.0)
+    assert fit.fork_gap_spread == pytest.approx(0.5)  # pstdev 100 / mean 200
+    assert fit.period_us == pytest.approx(10_200.0)
+    assert cal.fit_phases("rtimer", {7: [0.0, 0.01]}) is None  # one process: no gaps
+
+
+def test_fitted_profile_takes_overshoot_jitter_and_fork_gaps_from_phases():
+    periods = (10_100.0, 10_120.0, 10_140.0, 10_160.0, 10_180.0)
+    fit = cal.PhaseFit("rtimer", 3, (200.0, 200.0), periods)
+    base = CostProfile()
+    profile, notes = cal.fitted_profile(base, [], None, None, [(fit, 0.010)])
+    # ε = median period − interval − the (unfitted) rtimer pass
+    assert profile.sleep_overshoot == pytest.approx(140.0 - base.rtimer_pass)
+    assert profile.sleep_overshoot_jitter == pytest.approx(fit.jitter_us)
+    assert profile.fork_gap == 200.0 and profile.fork_gap_spread == 0.0
+    assert any("fork_gap" in n for n in notes)
+
+
+def test_median_figures_take_the_median_of_repeated_runs():
+    def run(p50: float) -> dict:
+        return {"strategy": "x", "delay_ms": {"p50": p50, "p90": None, "p99": p50},
+                "early_share": None, "cpu": {"busy_share": 0.1, "per_txn_us": p50},
+                "counters": {}, "ledger": {}}  # fmt: skip
+
+    idle = {"cpu": {"busy_share": 0.0, "wakeups_per_s": 1.0, "by_role": {}}}
+    figs = cal.median_figures([run(1.0), run(5.0), run(2.0)], [idle] * 3, 1, 100.0)
+    assert figs["delay_p50_ms"] == 2.0 and figs["cpu_us_per_reinvite"] == 2.0
+    assert figs["delay_p90_ms"] is None and figs["runs"] == 3
+
+
+def test_capacities_of_repeats_are_their_median_and_ignore_races():
+    def run(e2e: float, races: int = 0) -> dict:
+        return {"requested_delay_ms": 0.0, "lateness_ms": {"p99": None},
+                "e2e_ms": {"p99": e2e},
+                "ledger": {"transactions": 10, "resumed": 10, "race_491": races}}  # fmt: skip
+
+    runs = {("x", 100.0): [run(1.0), run(1.0, races=2), run(1.0)],
+            ("x", 200.0): [run(99.0), run(1.0), run(1.0)]}  # fmt: skip
+    assert cal.capacities(["x"], [100.0, 200.0], runs) == {"x": 200.0}
+    runs["x", 200.0] = [run(99.0), run(99.0), run(1.0)]
+    assert cal.capacities(["x"], [100.0, 200.0], runs) == {"x": 100.0}
+
+
 # ---------------------------------------------------------------------------- judging
 
 
@@ -168,17 +218,23 @@ def test_calibrate_two_strategies_writes_a_loadable_profile_and_prints_the_table
         assert {c["verdict"] for c in point["checks"]} <= {"PASS", "MISS", "n/a"}
     rtimer = next(f for f in document["timer_fits"] if f["role"] == "rtimer")
     assert rtimer["processes"] == 12 and rtimer["wakeups_per_s"] > 0
+    # the traced first passes of the 12 rtimer processes: 11 fork gaps, periods ≈ 10 ms
+    (phases,) = document["phase_fits"]
+    assert phases["processes"] == 12 and len(phases["fork_gaps_us"]) == 11
+    assert 10_000 < phases["period_us"] < 11_000
+    assert profile.fork_gap == pytest.approx(phases["fork_gap_us"])
 
 
 def test_capacity_failure_names_the_criterion_that_failed():
     entry = {
         "requested_delay_ms": 10.0,
-        "ledger": {"transactions": 640, "resumed": 639, "race_491": 1, "lost": 0},
+        "ledger": {"transactions": 640, "resumed": 638, "race_491": 1, "lost": 1},
         "lateness_ms": {"p99": 2.0},
         "e2e_ms": {"p99": 152.7},
     }
     why = cal.capacity_failure(entry)
-    assert "race_491=1" in why and "p99 e2e 152.7 ms > 60" in why and "lateness" not in why
+    assert "lost=1" in why and "p99 e2e 152.7 ms > 60" in why and "lateness" not in why
+    assert "race" not in why  # a glare race is a ledger figure, not saturation
     inline = {**entry, "requested_delay_ms": 0.0, "lateness_ms": {"p99": None},
               "ledger": {"transactions": 10, "resumed": 10}, "e2e_ms": {"p99": 1.0}}  # fmt: skip
     assert cal.capacity_failure(inline) == ""  # nothing deferred: lateness does not apply

@@ -50,7 +50,8 @@ def first_408s(run: SimRun) -> dict[str, float]:
 
 
 def assert_408_at_fr(run: SimRun, calls: list[str], fr: float, costs: CostProfile = EXACT):
-    """Every call in `calls` got its 408 from the slow timer at exactly its T_out tick.
+    """Every call in `calls` got its 408 from the slow timer at exactly its T_out tick:
+    the timer process's tick, then the slow timer's pass (each `timer_tick`), then the 408s.
 
     (Relayed calls may get a 408 too, later: the test UAS never answers them.)
     """
@@ -60,7 +61,7 @@ def assert_408_at_fr(run: SimRun, calls: list[str], fr: float, costs: CostProfil
     for call in calls:
         deadline = t_out(suspended[call], fr)
         batch = sum(1 for s in run.sent if s.time == answered[call])  # sends of that tick
-        expected = deadline + us("timer_tick", costs) + batch * us("reply", costs)
+        expected = deadline + 2 * us("timer_tick", costs) + batch * us("reply", costs)
         assert answered[call] == pytest.approx(expected, abs=1e-9), call
 
 

@@ -30,7 +30,7 @@ def call_id(n: int) -> str:
 
 
 def strategy_wakeups(run) -> int:
-    core_roles = {"sip-worker", "slow-timer"}
+    core_roles = {"sip-worker", "timer", "slow-timer"}
     return sum(n for role, n in run.server.wakeups_by_role().items() if role not in core_roles)
 
 
@@ -44,7 +44,7 @@ def test_inline_relays_at_once_in_the_sip_worker():
     assert relays[call_id(1)] == pytest.approx(0.5 + S("request") + S("relay"), abs=1e-12)
     assert run.server.deferrals == {}  # nothing suspended
     assert run.server.strategy.requested_delay == 0
-    assert {p.role for p in run.server.processes} == {"sip-worker", "slow-timer"}
+    assert {p.role for p in run.server.processes} == {"sip-worker", "timer", "slow-timer"}
     assert not run.responses(408)
 
 

@@ -16,7 +16,7 @@ from core.events import TxnId
 from core.runtime.costs import EXACT, CostProfile
 from core.runtime.server import TICK, ServerSettings
 from strategies import parse_spec
-from strategies.mqueue_rtimer import DROP_COUNTERS, FORK_STAGGER, MessageQueue, QueuedItem
+from strategies.mqueue_rtimer import DROP_COUNTERS, MessageQueue, QueuedItem
 
 S = EXACT.seconds
 EPS = S("sleep_overshoot")
@@ -154,8 +154,8 @@ def test_a_slow_continuation_pushes_back_the_next_tick_of_the_timer_that_ran_it(
     def wakeups(server):
         return {p.name: p.wakeups for p in server.strategy.pool(server).processes}
 
-    # the siblings were forked up to 11 * FORK_STAGGER later: one window covers all their ticks
-    window = (usual - 1e-6, usual + 11 * FORK_STAGGER + 1e-6, delayed - 1e-6, delayed + 1e-6)
+    # the siblings were forked up to 11 fork gaps later: one window covers all their ticks
+    window = (usual - 1e-6, usual + 11 * S("fork_gap") + 1e-6, delayed - 1e-6, delayed + 1e-6)
     _, seen = simulate_probed(
         "mqueue-rtimer", [0.003], 0.05, [(t, wakeups) for t in window], settings=ROOMY, costs=slow
     )
@@ -216,9 +216,9 @@ def test_timers_are_forked_in_sequence_a_few_microseconds_apart():
     def awake(server):
         return sum(p.wakeups for p in server.strategy.pool(server).processes)
 
-    probes = [(first + (k + 0.5) * FORK_STAGGER, awake) for k in range(12)]
+    probes = [(first + (k + 0.5) * S("fork_gap"), awake) for k in range(12)]
     _, seen = simulate_probed("mqueue-rtimer", [], 0.015, probes, settings=ROOMY)
-    assert [n for _, n in seen] == list(range(1, 13))  # one more child every FORK_STAGGER
+    assert [n for _, n in seen] == list(range(1, 13))  # one more child every fork gap
 
 
 # --------------------------------------------------------------------------- overflow

@@ -12,6 +12,9 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
 - `sleep_overshoot`: P = interval + ε + pass; 12 rtimers × 10 ms give ≈ 1,190 wake-ups/s
   (P ≈ 10.08 ms) and `ms_timer=1` gives P ≈ 1.09 ms, so ε ≈ 65 µs; the reference measured
   80–170 µs for a bare sleep, hence the ± jitter that also makes timer phases drift.
+- `fork_gap`, `fork_gap_spread`: a module forks its timer processes one after another in
+  `child_init`, so their first passes (and phases) are one fork apart: 5 µs by default
+  (clustered, §7); `calibrate` measures the gaps between Kamailio's first rtimer passes.
 - request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
   share of the call's other messages (≈ 7 messages in and out): ≈ 40 µs per request
   received and routed, 30 µs per response.
@@ -54,6 +57,8 @@ class CostProfile:
     task_receive: float = 10.0  # recvfrom() + context switch in the task worker
     sleep_overshoot: float = 65.0  # ε: how late a sleep()/select() returns
     sleep_overshoot_jitter: float = 30.0  # ε is drawn uniformly from ε ± jitter
+    fork_gap: float = 5.0  # mean time between the forks of one module's timer processes
+    fork_gap_spread: float = 0.0  # 0: every gap is fork_gap; 1: exponential gaps (same mean)
 
     def seconds(self, name: str) -> float:
         return getattr(self, name) * 1e-6

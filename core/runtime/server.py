@@ -125,6 +125,8 @@ class Server:
         self._jitter = self.costs.seconds("sleep_overshoot_jitter")
         for i in range(self.settings.children):
             self.spawn("sip-worker", f"udp receiver child={i}", self._sip_worker)
+        self._slow_timer_due = Queue(kernel, "slow timer", 1)
+        self.spawn("timer", "timer", self._timer)
         self.spawn("slow-timer", "slow timer", self._slow_timer)
         strategy.install(self)
 
@@ -149,6 +151,21 @@ class Server:
         if not self._jitter:
             return self._overshoot
         return max(0.0, self._overshoot + self.random.uniform(-self._jitter, self._jitter))
+
+    def fork_offsets(self, processes: int) -> list[float]:
+        """When each of `processes` forked one after another starts, from the first (s).
+
+        Gaps are `fork_gap` on average; `fork_gap_spread` mixes in a seeded exponential
+        part, so the phases bunch and straggle as Kamailio's measured first passes do.
+        """
+        mean = self.costs.seconds("fork_gap")
+        spread = min(1.0, self.costs.fork_gap_spread)
+        offsets, at = [], 0.0
+        for k in range(processes):
+            if k:
+                at += mean * (1.0 - spread + spread * self.random.expovariate(1.0))
+            offsets.append(at)
+        return offsets
 
     def count(self, event: str, n: int = 1) -> None:
         """Count a strategy/server event (overflow, undelayed, stranded...): never hidden."""
@@ -217,18 +234,28 @@ class Server:
             elif kind is Discarded:
                 self.count(f"discarded: {action.reason}")
 
-    def _slow_timer(self, process: Process) -> Program:
-        """Kamailio's timer processes: a tick every 1/16 s fires the TM timers that are due."""
-        tick_cost = self.costs.seconds("timer_tick")
-        reply_cost = self.costs.seconds("reply")
+    def _timer(self, process: Process) -> Program:
+        """Kamailio's "timer" process: a tick every 1/16 s; when a TM timer is due it signals
+        the slow timer (the fr timer without retransmissions is not `F_TIMER_FAST`, §7)."""
+        tick = Compute(self.costs.seconds("timer_tick"))
+        due = self._slow_timer_due
         ticks = 0
         while True:
             ticks += 1
             yield Sleep(ticks * TICK - self.kernel.now)
+            yield tick
             deadline = self.proxy.next_deadline()
-            if deadline is None or deadline > self.kernel.now:
-                yield Compute(tick_cost)
-                continue
+            if deadline is not None and deadline <= self.kernel.now:
+                due.offer(ticks)  # a signal already pending covers this tick too
+
+    def _slow_timer(self, process: Process) -> Program:
+        """Kamailio's "slow timer" process: sleeps until signalled, then runs every TM timer
+        that is due (408s); a busy slow timer makes timeouts late."""
+        tick_cost = self.costs.seconds("timer_tick")
+        reply_cost = self.costs.seconds("reply")
+        get = Get(self._slow_timer_due)
+        while True:
+            yield get
             actions = self.proxy.expire(self.kernel.now)
             sends = sum(1 for a in actions if type(a) is Send)
             yield Compute(tick_cost + sends * reply_cost)

@@ -89,6 +89,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _TRACE = re.compile(
     rf"{TRACE_MARK} (suspend|resume) (\d+)\.(\d+) (\S+) (\d+) (\d+)"
 )  # $TV(Sn) is "seconds.microseconds"; $ci $cs $pp
+_TIMER_PASS = re.compile(rf"{TRACE_MARK} timer-pass (\d+)\.(\d+) (\d+)")  # $TV(Sn) $pp
 
 
 class KamailioTargetError(RuntimeError):
@@ -432,6 +433,21 @@ class Trace:
 
     records: list[DeferralRecord]
     counters: dict[str, int]
+    timer_passes: dict[int, list[float]] = field(default_factory=dict)  # PID -> pass times
+
+
+def parse_timer_passes(log: str) -> dict[int, list[float]]:
+    """`timer-pass` lines (a strategy's first passes of each timer process) -> PID -> times.
+
+    Seconds since the first such line: only differences mean anything (phases, periods).
+    """
+    passes: dict[int, list[float]] = {}
+    base: int | None = None
+    for sec, usec, pid in _TIMER_PASS.findall(log):
+        if base is None:
+            base = int(sec)
+        passes.setdefault(int(pid), []).append((int(sec) - base) + int(usec) / 1e6)
+    return passes
 
 
 def parse_trace(log: str, role_by_pid: dict[int, str]) -> Trace:
@@ -480,7 +496,7 @@ def parse_trace(log: str, role_by_pid: dict[int, str]) -> Trace:
     counters["trace: resumes without suspend"] = sum(len(v) for v in resumes.values())
     for level in ("ERROR", "WARNING", "CRITICAL", "ALERT"):
         counters[f"log: {level} lines"] = len(re.findall(rf"\) {level}:", log))
-    return Trace(records, dict(counters))
+    return Trace(records, dict(counters), parse_timer_passes(log))
 
 
 # ---------------------------------------------------------------------------- the run
