@@ -34,6 +34,7 @@ runs go to the executor.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
@@ -170,14 +171,40 @@ def fit_deferral(
     return max(0.0, base + statistics.median(gaps))
 
 
+SINGLE_WAKE = ("blocking-sleep", "async-task")
+"""Strategies whose deferral is ONE wake-up (a usleep return; a task worker's read): their
+delay in excess of the sim's is that wake-up's scheduling latency (`fit_wakeup_tail`)."""
+
+
+def fit_wakeup_tail(excess_p50_ms: float, excess_p99_ms: float) -> tuple[float, float] | None:
+    """(mean tail µs, share) of a wake-up latency X that is 0, or with probability `share`
+    exponential, so that X's median and p99 are the excesses (Kamailio − sim) given.
+
+    P(X > x) = share·exp(−x/T): share·exp(−p50/T) = 0.5 and share·exp(−p99/T) = 0.01;
+    a median excess ≤ 0 takes share = 0.5; a share above 1 is capped and T fits p99 alone.
+    None when the p99 excess is not positive (nothing to add).
+    """
+    e50, e99 = max(0.0, excess_p50_ms), excess_p99_ms
+    if e99 <= e50:
+        return None
+    tail = (e99 - e50) / math.log(50)
+    share = 0.5 * math.exp(e50 / tail)
+    if share > 1.0:
+        share, tail = 1.0, e99 / math.log(100)
+    return tail * 1e3, share
+
+
 def fitted_profile(
     base: CostProfile,
     timers: Sequence[TimerFit],
     message_scale: float | None,
     deferral_total_us: float | None,
     phases: Sequence[tuple[PhaseFit, float]] = (),
+    wakeup_tails: Sequence[tuple[float, float]] = (),
 ) -> tuple[CostProfile, list[str]]:
     """`base` with every cost the measurements determine replaced; and how each was set.
+
+    `wakeup_tails`: (mean µs, share) fits of single-wake-up points; their medians are used.
 
     `phases`: (phase fit, the timer's interval in s) pairs; when given, ε and its jitter
     come from their traced periods (direct) instead of context switches (a proxy).
@@ -215,6 +242,14 @@ def fitted_profile(
             f"range of the traced periods; fork_gap = {values['fork_gap']:.1f} µs, "
             f"fork_gap_spread = {values['fork_gap_spread']:.2f}: gaps between the first passes "
             f"({sum(len(f.periods_us) for f in fits)} periods, {len(fits)} run(s))"
+        )
+    if wakeup_tails:
+        values["wakeup_tail"] = statistics.median(t for t, _ in wakeup_tails)
+        values["wakeup_tail_share"] = statistics.median(q for _, q in wakeup_tails)
+        notes.append(
+            f"wakeup_tail = {values['wakeup_tail']:.0f} µs on {values['wakeup_tail_share']:.0%}"
+            f" of wake-ups: p50/p99 delay excess over the sim of {', '.join(SINGLE_WAKE)} "
+            f"({len(wakeup_tails)} points)"
         )
     if message_scale is not None:
         for name in MESSAGE_COSTS:
@@ -742,7 +777,20 @@ def fit_from_runs(
                 kx.append(values[0] - values[1])
                 sx.append(values[2] - values[3])
         deferral = fit_deferral(kx, sx, base)
-    profile, notes = fitted_profile(base, fits, message_scale, deferral, phases)
+    tails = []
+    for spec in specs:
+        if strategies.parse_spec(spec).name not in SINGLE_WAKE:
+            continue
+        for r in rates:
+            k = median_figures(kam[spec, r], kam_idle[spec], 1, r)
+            m = median_figures(sim[spec, r], sim_idle[spec], cores, r)
+            if None in (k["delay_p50_ms"], k["delay_p99_ms"], m["delay_p50_ms"], m["delay_p99_ms"]):
+                continue
+            tail = fit_wakeup_tail(k["delay_p50_ms"] - m["delay_p50_ms"],
+                                   k["delay_p99_ms"] - m["delay_p99_ms"])  # fmt: skip
+            if tail is not None:
+                tails.append(tail)
+    profile, notes = fitted_profile(base, fits, message_scale, deferral, phases, tails)
     if "inline" not in specs:
         notes.append("message and suspend/continue costs not fitted: inline was not run")
     return profile, notes, fits

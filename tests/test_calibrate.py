@@ -8,6 +8,7 @@ target's tests): two strategies at 50 re-INVITEs/s for 2 s, a profile written th
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -102,6 +103,18 @@ def test_fitted_profile_takes_overshoot_jitter_and_fork_gaps_from_phases():
     assert profile.sleep_overshoot_jitter == pytest.approx(fit.jitter_us)
     assert profile.fork_gap == 200.0 and profile.fork_gap_spread == 0.0
     assert any("fork_gap" in n for n in notes)
+
+
+def test_fit_wakeup_tail_matches_the_median_and_p99_excess():
+    tail_us, share = cal.fit_wakeup_tail(0.3, 3.0)
+    tail = tail_us / 1e3
+    assert share * math.exp(-0.3 / tail) == pytest.approx(0.5)  # P(X > p50) = 50 %
+    assert share * math.exp(-3.0 / tail) == pytest.approx(0.01)  # P(X > p99) = 1 %
+    tail_us, share = cal.fit_wakeup_tail(-0.1, 2.0)  # no median excess: half the wake-ups
+    assert share == 0.5 and 0.5 * math.exp(-2.0 / (tail_us / 1e3)) == pytest.approx(0.01)
+    tail_us, share = cal.fit_wakeup_tail(1.0, 1.5)  # would need share > 1: p99 alone
+    assert share == 1.0 and math.exp(-1.5 / (tail_us / 1e3)) == pytest.approx(0.01)
+    assert cal.fit_wakeup_tail(0.5, 0.2) is None
 
 
 def test_median_figures_take_the_median_of_repeated_runs():

@@ -35,6 +35,39 @@ def test_sleep_and_compute_happen_at_exact_virtual_times():
     assert log == [("woke", 0.5), ("computed", 0.75), ("end", 2.0)]
 
 
+def test_wakeup_latency_delays_sleep_returns_and_hand_offs_but_not_running_work():
+    log: list[tuple[str, float]] = []
+
+    async def main() -> None:
+        kernel = Kernel()
+        cpu = CpuPool(kernel, 1)
+        cpu.wakeup_latency = lambda: 0.002
+        queue = Queue(kernel, "q")
+        sleeper, reader = Process(kernel, cpu, "t", "s"), Process(kernel, cpu, "t", "r")
+
+        def sleeps():
+            yield Sleep(0.010)
+            log.append(("slept", kernel.now))
+            yield Compute(0.001)  # running work is not a wake-up: no latency
+            log.append(("computed", kernel.now))
+            queue.offer("item")  # the blocked reader is woken ...
+
+        def reads():
+            item = yield Get(queue)
+            log.append((item, kernel.now))  # ... and runs 2 ms later
+
+        sleeper.start(sleeps())
+        reader.start(reads())
+        await kernel.run(until=1.0)
+
+    run_on_virtual_time(main)
+    assert log == [
+        ("slept", pytest.approx(0.012)),
+        ("computed", pytest.approx(0.013)),
+        ("item", pytest.approx(0.015)),
+    ]
+
+
 def test_cores_are_shared_fifo_and_waiting_is_accounted():
     finished: dict[str, float] = {}
 

@@ -15,6 +15,10 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
 - `fork_gap`, `fork_gap_spread`: a module forks its timer processes one after another in
   `child_init`, so their first passes (and phases) are one fork apart: 5 µs by default
   (clustered, §7); `calibrate` measures the gaps between Kamailio's first rtimer passes.
+- `wakeup_tail`, `wakeup_tail_share`: none by default. On a loaded 2-vCPU machine a woken
+  Kamailio process often waits for the scheduler (CFS does not always preempt the running
+  task), which gives ms tails to every hand-off; `calibrate` fits the mixture to the
+  single-wake-up delays of `blocking-sleep` and `async-task` (p50 and p99).
 - request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
   share of the call's other messages (≈ 7 messages in and out): ≈ 40 µs per request
   received and routed, 30 µs per response.
@@ -59,6 +63,8 @@ class CostProfile:
     sleep_overshoot_jitter: float = 30.0  # ε is drawn uniformly from ε ± jitter
     fork_gap: float = 5.0  # mean time between the forks of one module's timer processes
     fork_gap_spread: float = 0.0  # 0: every gap is fork_gap; 1: exponential gaps (same mean)
+    wakeup_tail: float = 0.0  # mean of the exponential extra delay of a delayed wake-up
+    wakeup_tail_share: float = 0.0  # share of wake-ups (sleep returns, queue hand-offs) delayed
 
     def seconds(self, name: str) -> float:
         return getattr(self, name) * 1e-6

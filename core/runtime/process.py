@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from core.runtime.kernel import Kernel
@@ -143,7 +143,14 @@ class Process:
             raise TypeError(f"{self.name} yielded {op!r}, not a Compute/Sleep/Get/Put")
 
     def _wake(self, value: Any) -> None:
+        """A blocked process is woken; with a wake-up latency model it runs a little later."""
         self.wakeups += 1
+        latency = self.cpu.wakeup_latency
+        if latency is not None:
+            delay = latency()
+            if delay > 0.0:
+                self.kernel.call_at(self.kernel.now + delay, self._resume, value)
+                return
         self._resume(value)
 
 
@@ -162,13 +169,18 @@ class MeasuredProcess(Process):
 
 
 class CpuPool:
-    """`cores` CPUs shared by every process; FIFO run queue when all are busy."""
+    """`cores` CPUs shared by every process; FIFO run queue when all are busy.
+
+    `wakeup_latency`, if set, draws how long a woken process takes to run (seconds): the
+    OS scheduling delay a FIFO of cores does not produce by itself.
+    """
 
     def __init__(self, kernel: Kernel, cores: int) -> None:
         if cores < 1:
             raise ValueError(f"cores must be >= 1, got {cores}")
         self.kernel = kernel
         self.cores = cores
+        self.wakeup_latency: Callable[[], float] | None = None
         self.free = cores
         self.busy_total = 0.0
         self._runnable: deque[tuple[Process, float]] = deque()

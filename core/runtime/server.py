@@ -123,6 +123,8 @@ class Server:
         )
         self._overshoot = self.costs.seconds("sleep_overshoot")
         self._jitter = self.costs.seconds("sleep_overshoot_jitter")
+        if self.costs.wakeup_tail > 0 and self.costs.wakeup_tail_share > 0:
+            self.cpu.wakeup_latency = self._wakeup_latency
         for i in range(self.settings.children):
             self.spawn("sip-worker", f"udp receiver child={i}", self._sip_worker)
         self._slow_timer_due = Queue(kernel, "slow timer", 1)
@@ -151,6 +153,12 @@ class Server:
         if not self._jitter:
             return self._overshoot
         return max(0.0, self._overshoot + self.random.uniform(-self._jitter, self._jitter))
+
+    def _wakeup_latency(self) -> float:
+        """A woken process's scheduling delay: exponential tail on a share of wake-ups."""
+        if self.random.random() >= self.costs.wakeup_tail_share:
+            return 0.0
+        return self.random.expovariate(1.0) * self.costs.seconds("wakeup_tail")
 
     def fork_offsets(self, processes: int) -> list[float]:
         """When each of `processes` forked one after another starts, from the first (s).
