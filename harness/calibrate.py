@@ -303,6 +303,9 @@ def figures(
         "idle_wakeups_per_s": idle["cpu"]["wakeups_per_s"],
         "idle_cpu_pct_core": None if idle_share is None else idle_share * 100,
         "cpu_us_per_reinvite": per_txn,
+        "cpu_us_per_call": (
+            None if per_txn is None else per_txn * parse_load(entry["load"]).reinvites
+        ),
         "marginal_us_per_reinvite": (
             None
             if per_txn is None or idle_share is None
@@ -839,6 +842,7 @@ ROWS = (
     ("idle wake-ups/s", "idle_wakeups_per_s", 0),
     ("idle CPU % of a core", "idle_cpu_pct_core", 3),
     ("CPU µs per re-INVITE", "cpu_us_per_reinvite", 0),
+    ("CPU µs per call", "cpu_us_per_call", 0),
     ("marginal µs per re-INVITE", "marginal_us_per_reinvite", 0),
 )
 

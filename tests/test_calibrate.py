@@ -121,7 +121,7 @@ def test_median_figures_take_the_median_of_repeated_runs():
     def run(p50: float) -> dict:
         return {"strategy": "x", "delay_ms": {"p50": p50, "p90": None, "p99": p50},
                 "early_share": None, "cpu": {"busy_share": 0.1, "per_txn_us": p50},
-                "counters": {}, "ledger": {}}  # fmt: skip
+                "counters": {}, "ledger": {}, "load": "reinvite:reinvites=2"}  # fmt: skip
 
     idle = {"cpu": {"busy_share": 0.0, "wakeups_per_s": 1.0, "by_role": {}}}
     figs = cal.median_figures([run(1.0), run(5.0), run(2.0)], [idle] * 3, 1, 100.0)
@@ -193,8 +193,10 @@ def test_figures_express_cpu_in_one_core_and_per_reinvite():
         "cpu": {"busy_share": 0.05, "per_txn_us": 1000.0},
         "counters": {},
         "ledger": {},
+        "load": "reinvite:rate=10/s,duration=3s,reinvites=10",
     }
     figs = cal.figures(entry, idle, cores=2, reinvite_rate=100.0)
+    assert figs["cpu_us_per_call"] == pytest.approx(10_000.0)  # 10 re-INVITEs per call
     assert figs["idle_cpu_pct_core"] == pytest.approx(2.0)  # 1 % of 2 cores = 2 % of one
     assert figs["load_cpu_pct_core"] == pytest.approx(10.0)
     assert figs["marginal_us_per_reinvite"] == pytest.approx(1000.0 - 20_000.0 / 100.0)
