@@ -133,6 +133,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(
             "--costs: the live and kamailio targets do real work and charge no modelled costs"
         )
+    if args.driver != "python":
+        _check_driver(args.driver, suite)
     executor = local_executor(args.jobs)
     progress = None if args.quiet else text_progress()
     written = []
@@ -142,10 +144,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             live = run.target in REAL_TARGETS
             backend = args.backend if run.target == "live" else None
             network = None if live else _network(args)
+            driver = args.driver if run.target == "kamailio" else "python"
             jobs = [
-                Job(spec, run.load.spec, run.seed, settings, costs, run.target, backend, network)
+                Job(spec, run.load.spec, run.seed, settings, costs, run.target, backend, network,
+                    driver)
                 for spec in run.strategies
-            ]
+            ]  # fmt: skip
             entries = execute_repeated(jobs, args.repeat, None if live else executor, progress)
             result = assemble(
                 entries, load=run.load, seed=run.seed, settings=settings,
@@ -166,6 +170,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
     return 0
+
+
+def _check_driver(driver: str, suite: Suite) -> None:
+    """`--driver sipp`: the kamailio target only, sipp installed, loads SIPp can play."""
+    from harness import sipp
+
+    others = sorted({run.target for run in suite.runs} - {"kamailio"})
+    if others:
+        raise UsageError(f"--driver {driver}: the kamailio target only (not {', '.join(others)})")
+    if sipp.sipp_binary() is None:
+        raise UsageError(
+            f"--driver {driver}: sipp not found: install the Debian package sip-tester "
+            "(or set DEFERBENCH_SIPP)"
+        )
+    for run in suite.runs:
+        try:
+            sipp.plan_for(run.load, run.seed, drain=0.0)
+        except sipp.SippError as exc:
+            raise UsageError(f"--driver {driver}: {exc}") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -512,6 +535,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="trio",
         choices=["trio", "asyncio"],
         help="anyio backend of the live proxy (default trio; live target only)",
+    )
+    p_run.add_argument(
+        "--driver",
+        default="python",
+        choices=["python", "sipp"],
+        help="who plays the UAC and UAS (kamailio target only): python, the harness's own "
+        "(default); sipp, SIPp for 2,000+ re-INVITEs/s (arrival=constant only)",
     )
     p_run.add_argument(
         "--strategy",

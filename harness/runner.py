@@ -35,6 +35,7 @@ class Job:
     target: str = "sim"
     backend: str | None = None  # anyio backend of the live proxy (live target only)
     network: Link | None = None  # sim: every direction of the simulated network
+    driver: str = "python"  # kamailio: who plays the UAC/UAS (python | sipp)
 
 
 def run_job(job: Job) -> dict[str, Any]:
@@ -48,7 +49,9 @@ def run_job(job: Job) -> dict[str, Any]:
     if job.target == "kamailio":
         from harness.targets.kamailio import run_kamailio
 
-        return run_kamailio(job.strategy, parse_load(job.load), job.seed, job.settings)
+        return run_kamailio(
+            job.strategy, parse_load(job.load), job.seed, job.settings, driver=job.driver
+        )
     if job.target != "sim":
         raise ValueError(f"target {job.target!r} is not available in this build")
     from harness.targets.sim import run_sim

@@ -6,7 +6,9 @@ a percentile computed or a CPU share defined. A target hands this module:
 
 - the deferrals the server recorded (`DeferralRecord`: suspend/resume times on the
   server's clock, the role of the process that resumed, resumes, stale continues);
-- the UAC and UAS it drove (their timings and counters) and the ledger they reported to;
+- the UAC and UAS it drove (their timings and counters) and the ledger they reported to,
+  or, for a driver that is not the harness's own UAC (SIPp), the same UAC figures as
+  `UacFigures` (send times, e2e samples, unfinished calls);
 - the CPU it observed over the load window (`CpuWindow`: busy seconds and wake-ups per
   role, the window's length and how many cores the busy time is a share of) and, if
   measured, over an idle window;
@@ -85,6 +87,27 @@ class CpuWindow:
         return count / self.seconds
 
 
+@dataclass(frozen=True, slots=True)
+class UacFigures:
+    """What the entry needs from the load's UAC, whoever played it: per re-INVITE sent, its
+    send time (on the clock of `load_start`) and e2e (None: no final response); and the
+    calls planned but not finished."""
+
+    sent: tuple[float, ...]
+    e2e: tuple[float | None, ...]
+    calls_unfinished: int
+
+    @classmethod
+    def of(cls, uac: Uac, calls_planned: int) -> UacFigures:
+        """From the harness's own UAC."""
+        timings = list(uac.timings.values())
+        return cls(
+            tuple(t.sent for t in timings),
+            tuple(t.e2e for t in timings),
+            uac.active + calls_planned - len(uac.calls),
+        )
+
+
 def account_deferrals(
     ledger: Ledger, records: Iterable[DeferralRecord]
 ) -> tuple[list[float], Counter[str]]:
@@ -129,8 +152,8 @@ def strategy_entry(
     seed: int,
     records: Iterable[DeferralRecord],
     ledger: Ledger,
-    uac: Uac,
-    uas: Uas,
+    uac: Uac | UacFigures,
+    uas: Uas | None,
     window: CpuWindow,
     idle: CpuWindow | None,
     counters: Mapping[str, int],
@@ -146,8 +169,11 @@ def strategy_entry(
     `counters` are the server's own, `sources` further (prefix, counters) pairs in report
     order; re-INVITEs count as sent in the window when sent before `load_start +
     window.seconds` (UAC clock). `speed_wall`: wall seconds the loaded run took, for the
-    simulation speed figure (None: not a simulation).
+    simulation speed figure (None: not a simulation). `uac` is the harness's UAC or, for
+    another driver, its `UacFigures` (`uas` is not read).
     """
+    if not isinstance(uac, UacFigures):
+        uac = UacFigures.of(uac, calls_planned)
     delays, resumed_by = account_deferrals(ledger, records)
     summary = ledger.close()
 
@@ -156,11 +182,11 @@ def strategy_entry(
     e2e = Distribution()
     sent_in_window = 0
     window_end = load_start + window.seconds
-    for timing in uac.timings.values():
-        if timing.sent < window_end:
+    for sent, latency in zip(uac.sent, uac.e2e, strict=True):
+        if sent < window_end:
             sent_in_window += 1
-        if timing.e2e is not None:
-            e2e.record(timing.e2e)
+        if latency is not None:
+            e2e.record(latency)
 
     requested = strategy.requested_delay
     delay_ms = delay.summary()
@@ -172,7 +198,7 @@ def strategy_entry(
         for name, value in sorted(source.items()):
             out[f"{prefix}: {name}"] = int(value)
     out["calls planned"] = calls_planned
-    out["calls unfinished"] = uac.active + calls_planned - len(uac.calls)
+    out["calls unfinished"] = uac.calls_unfinished
 
     return {
         "strategy": strategy.spec,

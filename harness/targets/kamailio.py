@@ -37,10 +37,35 @@ Observation:
   wakes from a sleep and blocks again switches at least once). Shares are of ONE core
   (`cores=1`), as the reference quotes them ("% of a core"). The ctl handler shows up as
   role `ctl`; it is idle except for the one psx query, made before the idle window.
-- **e2e and the ledger** come from the harness's own UAC and UAS, exactly as for the live
-  target (the driving loop is the live target's `_drive`, with `KamailioProcess` in the
-  place of the serve process), and `harness.targets.common` turns everything into the
-  result entry.
+- **e2e and the ledger** come from the load driver, and `harness.targets.common` turns
+  everything into the result entry. Two drivers (`driver=`), the same Kamailio start and
+  stop, idle window, three CPU snapshots (idle start, load start, load end) and trace:
+  - `python` (default): the harness's own UAC and UAS, exactly as for the live target (the
+    driving loop is the live target's `_drive`, with `KamailioProcess` in the place of the
+    serve process). Any arrival; the strict UAS answers a re-INVITE that overtook the
+    previous ACK with 491. Tops out near 1,000 re-INVITEs/s on two cores.
+  - `sipp`: one SIPp UAC and one SIPp UAS (`harness.sipp`), for 2,000+ re-INVITEs/s. The
+    load maps to `-r rate` calls/s, `-m` = the calls of the constant schedule within
+    `duration`, `reinvites` re-INVITE blocks, `gap` = the pause after each ACK (whole
+    ms). Only `arrival=constant`: anything SIPp cannot honour is a one-line error before
+    Kamailio starts. Kamailio gets `-m 1024` MB of shared memory with this driver (at
+    2,000/s the default 64 MB runs out: tm keeps each answered INVITE transaction for
+    its 5 s wait timer). The ledger has one transaction per re-INVITE the UAC sent
+    (Call-ID, CSeq): resumed when its 200 came back; for a call SIPp aborted, the
+    unanswered re-INVITE's outcome follows SIPp's error log for that call (the final
+    status it aborted on: 408 -> timeout_408, 491 -> race_491, 5xx -> error_5xx, else
+    other; a UDP retransmission timeout -> timeout_408, as the harness UAC counts Timer
+    B); no final status for it in the log (a 1xx or a request was the unexpected message,
+    or the run ended with it unanswered) -> lost. Kamailio's resume lines are
+    reported as for the python driver (two or more: duplicated). `reordered` is never
+    reported: SIPp does not tell the ledger what reached its UAS. The SIPp UAS does NOT
+    play the strict-491 glare of the Python `Uas`: it is reorder-tolerant (Kamailio
+    relays an ACK and the re-INVITE sent 1 ms after it in different workers) and answers
+    every re-INVITE 200; requests that overtook an ACK and ACKs that never came are
+    counted (`sipp uas: ...`). e2e is SIPp's response time of each re-INVITE: its send to
+    its final response, gettimeofday microseconds logged by the scenario (SIPp's own
+    rtd figures count whole milliseconds), from the actual send, not an intended one.
+    The entry's counters say which driver ran (`driver: python|sipp` = 1).
 
 Kamailio is stopped by its PID (SIGTERM, bounded wait, SIGKILL), then any of its recorded
 processes still alive (same PID and start time) is killed by PID too — also when the run is
@@ -71,10 +96,11 @@ import anyio
 
 from core.events import Address
 from core.runtime.server import ServerSettings
+from harness import sipp
 from harness.ledger import Ledger
 from harness.load import LoadSpec
-from harness.targets.common import CpuWindow, DeferralRecord, strategy_entry
-from harness.targets.live import LiveRun, _drive
+from harness.targets.common import CpuWindow, DeferralRecord, UacFigures, strategy_entry
+from harness.targets.live import DRAIN_GRACE, LiveRun, _drive
 from strategies import parse_spec
 from strategies.base import Strategy
 from strategies.inline import TRACE_MARK
@@ -83,6 +109,8 @@ TARGET = "kamailio"
 READY_TIMEOUT = 15.0  # seconds for Kamailio to answer the OPTIONS ping
 STOP_TIMEOUT = 5.0  # seconds for Kamailio to exit after SIGTERM before SIGKILL
 IDLE_WINDOW = 1.0  # seconds of no traffic before the load: the idle CPU figure
+DRIVERS = ("python", "sipp")  # who plays the UAC and UAS of the load
+SIPP_SHM_MB = 1024  # Kamailio's shared memory with the sipp driver (default 64 MB)
 _PING_EVERY = 0.1
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -235,6 +263,7 @@ class KamailioProcess:
         *,
         address: Address,
         binary: str | None = None,
+        shm_mb: int | None = None,
     ) -> None:
         binary = binary or kamailio_binary()
         if binary is None or not Path(binary).exists():
@@ -259,6 +288,7 @@ class KamailioProcess:
             "-w", str(workdir),
             "--loadmodule=ctl.so",
             f"--modparam=ctl:binrpc:s:{self.ctl}",
+            *(["-m", str(shm_mb)] if shm_mb else []),
         ]  # fmt: skip
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         try:
@@ -515,6 +545,8 @@ class KamailioRun:
     main_pid: int
     pids: dict[int, str] = field(default_factory=dict)  # PID -> core.psx description
     calls_planned: int = 0
+    driver: str = "python"
+    sipp: sipp.SippFigures | None = None  # what SIPp measured (sipp driver)
 
 
 def run_kamailio(
@@ -524,9 +556,13 @@ def run_kamailio(
     settings: ServerSettings | None = None,
     *,
     idle_window: float = IDLE_WINDOW,
+    driver: str = "python",
 ) -> dict[str, Any]:
-    """Drive `load` through Kamailio running `strategy_spec`'s cfg; a result-schema entry."""
-    return kamailio_run(strategy_spec, load, seed, settings, idle_window=idle_window).result
+    """Drive `load` through Kamailio running `strategy_spec`'s cfg; a result-schema entry.
+    `driver`: "python" (the harness's UAC/UAS) or "sipp" (see the module docstring)."""
+    return kamailio_run(
+        strategy_spec, load, seed, settings, idle_window=idle_window, driver=driver
+    ).result
 
 
 def kamailio_run(
@@ -536,42 +572,109 @@ def kamailio_run(
     settings: ServerSettings | None = None,
     *,
     idle_window: float = IDLE_WINDOW,
+    driver: str = "python",
 ) -> KamailioRun:
     """`run_kamailio`, keeping the ledger, the trace, the log and the PIDs for inspection."""
     strategy = parse_spec(strategy_spec)  # SpecError (one line) before anything starts
     settings = replace(settings or ServerSettings(), address=("127.0.0.1", free_udp_port()))
+    plan = _sipp_plan(load, seed, settings) if driver == "sipp" else None  # before Kamailio
+    if driver not in DRIVERS:
+        raise KamailioTargetError(f"driver {driver!r}: use one of {', '.join(DRIVERS)}")
     cfg = strategy.kamailio_config(settings, trace=True)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="deferbench-kamailio-") as tmp:
-        kamailio = KamailioProcess(cfg, Path(tmp), address=settings.address)
+        shm = SIPP_SHM_MB if plan is not None else None
+        kamailio = KamailioProcess(cfg, Path(tmp), address=settings.address, shm_mb=shm)
         holder: list[LiveRun] = []
         try:
-            anyio.run(_drive, kamailio, strategy, load, seed, settings, idle_window, holder)
+            if plan is None:
+                anyio.run(_drive, kamailio, strategy, load, seed, settings, idle_window, holder)
+                driven: LiveRun | _SippDriven = holder[0]
+            else:
+                driven = anyio.run(
+                    _drive_sipp, kamailio, plan, load.duration, idle_window, Path(tmp) / "sipp"
+                )
         finally:
             kamailio.stop()
         log = kamailio.log_text()
     wall = time.perf_counter() - started
-    live = holder[0]
     roles = {pid: role_of(description) for pid, description in kamailio.table.items()}
     trace = parse_trace(log, roles)
+    if isinstance(driven, LiveRun):
+        ledger, calls, figures = driven.ledger, driven.calls_planned, None
+    else:
+        figures = driven.figures
+        ledger, calls = sipp.ledger_of(figures, load.race_code), figures.calls
     run = KamailioRun(
         {},
-        live.ledger,
+        ledger,
         trace,
         log,
         cfg,
         str(kamailio.cfg_path),
         kamailio.pid,
         dict(kamailio.table),
-        live.calls_planned,
+        calls,
+        driver,
+        figures,
     )
-    run.result = _result(run, live, kamailio, strategy, load, seed, wall)
+    run.result = _result(run, driven, kamailio, strategy, load, seed, wall)
     return run
+
+
+def _sipp_plan(load: LoadSpec, seed: int, settings: ServerSettings) -> sipp.SippPlan:
+    """The SIPp plan of `load`, or a one-line error naming what SIPp cannot do."""
+    if sipp.sipp_binary() is None:
+        raise KamailioTargetError(
+            "sipp not found: install the Debian package sip-tester (or set DEFERBENCH_SIPP)"
+        )
+    try:
+        return sipp.plan_for(load, seed, drain=settings.fr_timer + DRAIN_GRACE)
+    except sipp.SippError as exc:
+        raise KamailioTargetError(f"driver sipp: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _SippDriven:
+    figures: sipp.SippFigures
+    load_start: float  # wall clock the UAC started (the clock of its send times)
+
+
+async def _drive_sipp(
+    kamailio: KamailioProcess,
+    plan: sipp.SippPlan,
+    duration: float,
+    idle_window: float,
+    workdir: Path,
+) -> _SippDriven:
+    """The python driver's sequence with SIPp as UAC and UAS: Kamailio answers, the UAS
+    listens, idle window, load window of `duration` from the UAC's start, then the calls
+    drain (bounded: the plan's timeout is duration + fr_timer + a grace, as for the
+    python driver)."""
+    proxy = await kamailio.wait_ready()
+
+    async def load_starts() -> None:
+        await kamailio.snapshot()  # idle window opens
+        await anyio.sleep(idle_window)
+        await kamailio.snapshot()  # load window opens
+
+    try:
+        pair = sipp.SippPair(workdir, proxy, plan)
+        figures = await sipp.drive(
+            pair,
+            load_starts=load_starts,
+            window=duration,
+            window_ends=kamailio.snapshot,  # load window closes
+        )
+    except sipp.SippError as exc:
+        raise KamailioTargetError(f"driver sipp: {exc}") from None
+    assert pair.uac_started is not None
+    return _SippDriven(figures, pair.uac_started)
 
 
 def _result(
     run: KamailioRun,
-    live: LiveRun,
+    driven: LiveRun | _SippDriven,
     kamailio: KamailioProcess,
     strategy: Strategy,
     load: LoadSpec,
@@ -584,7 +687,25 @@ def _result(
     counters = {
         **run.trace.counters,
         **{f"processes: {role}": n for role, n in sorted(processes.items())},
+        f"driver: {run.driver}": 1,
     }
+    if isinstance(driven, LiveRun):
+        uac: Any = driven.uac
+        uas = driven.uas
+        sources: tuple[tuple[str, Any], ...] = (
+            ("uac", driven.uac.counters),
+            ("uas", driven.uas.counters),
+            ("harness", driven.counters),
+        )
+    else:
+        figures = driven.figures
+        uac = UacFigures(
+            tuple(r.sent for r in figures.reinvites),
+            tuple(r.response_time for r in figures.reinvites),
+            figures.calls - figures.successful - figures.failed,
+        )
+        uas = None
+        sources = tuple(figures.counters().items())
     return strategy_entry(
         strategy=strategy,
         target=TARGET,
@@ -592,19 +713,15 @@ def _result(
         seed=seed,
         records=run.trace.records,
         ledger=run.ledger,
-        uac=live.uac,
-        uas=live.uas,
+        uac=uac,
+        uas=uas,
         window=kamailio.window(1, 2),
         idle=kamailio.window(0, 1),
         counters=counters,
-        sources=(
-            ("uac", live.uac.counters),
-            ("uas", live.uas.counters),
-            ("harness", live.counters),
-        ),
-        calls_planned=live.calls_planned,
+        sources=sources,
+        calls_planned=run.calls_planned,
         samples=[],
         wall=wall,
         speed_wall=None,
-        load_start=live.load_start,
+        load_start=driven.load_start,
     )

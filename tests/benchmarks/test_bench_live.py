@@ -6,9 +6,10 @@
   re-INVITE at that rate. Driven by the harness's own UDP UAC/UAS (not SIPp: see the
   module report), each step a separate `deferbench serve` process.
 - timer fidelity: lateness of `async-sleep:ms=10` at 200 re-INVITEs/s on trio, p99.
-- SIPp capacity (`sipp_capacity`): SIPp UAC (10 re-INVITEs per call) -> `deferbench serve
-  --strategy inline` -> SIPp UAS at increasing rates, trio and asyncio: the highest rate
-  with every call successful and SIPp's p99 re-INVITE response time < 50 ms, the proxy's
+- SIPp capacity (`sipp_capacity`, on `harness.sipp`): SIPp UAC (10 re-INVITEs per call) ->
+  `deferbench serve --strategy inline` -> SIPp UAS at increasing rates, trio and asyncio:
+  the highest rate with SIPp's run clean (every call successful on both sides, every
+  re-INVITE answered, every ACK arrived) and p99 re-INVITE response time < 50 ms, the proxy's
   CPU per re-INVITE there; then Kamailio 5.6 running the `inline` cfg at that same rate, in
   the same run, for the CPU ratio (issue 5's goals: >= 1,000/s, <= 3x Kamailio's CPU).
 
