@@ -525,6 +525,7 @@ class Calibration:
     timer_fits: list[TimerFit]
     repeat: int = 1
     phase_fits: list[PhaseFit] = field(default_factory=list)
+    ladder: dict[str, dict[str, Any]] = field(default_factory=dict)  # capacity_ladder()
     points: list[dict[str, Any]] = field(default_factory=list)  # one per strategy × rate
     idle: dict[str, dict[str, Any]] = field(default_factory=dict)  # target/side -> spec -> entry
 
@@ -565,6 +566,7 @@ class Calibration:
                 }  # fmt: skip
                 for f in self.phase_fits
             ],
+            "capacity_ladder": self.ladder,
             "points": self.points,
             "idle": self.idle,
         }
@@ -597,6 +599,17 @@ def _sims(
     return list(executor.map(_sim_entry, *zip(*args, strict=True)))
 
 
+CAPACITY_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=1ms,arrival=constant"
+"""The capacity ladder's call shape: SIPp drives Kamailio, so constant arrivals and whole-ms
+gaps; the sim gets the same seeded load."""
+
+
+def capacity_load(rate: float, duration: float) -> LoadSpec:
+    """The capacity ladder's load at `rate` re-INVITEs/s for `duration` seconds."""
+    shape = parse_load(CAPACITY_SHAPE)
+    return replace(shape, rate=rate / shape.reinvites, duration=duration)
+
+
 def load_for(rate: float, duration: float) -> LoadSpec:
     """The calibration call shape at `rate` re-INVITEs/s for `duration` seconds."""
     shape = parse_load(CALL_SHAPE)
@@ -612,6 +625,7 @@ def calibrate(
     base: CostProfile,
     *,
     repeat: int = 1,
+    capacity_rates: Sequence[float] = (),
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> Calibration:
@@ -619,6 +633,8 @@ def calibrate(
 
     Kamailio runs every point `repeat` times (the same seeded load: the spread is
     Kamailio's and the machine's); fits use every run, judged figures are medians.
+    `capacity_rates`: the capacity ladder, SIPp-driven on Kamailio (`capacity_ladder`);
+    without it capacity is judged over `rates` alone.
     """
     from harness.targets.kamailio import kamailio_run
     from harness.targets.sim import idle_load
@@ -666,18 +682,28 @@ def calibrate(
 
     result = Calibration(specs, list(rates), duration, seed, cores, base, fitted, notes, fits,
                          repeat, [f for f, _ in phases])  # fmt: skip
-    caps = {
-        "kamailio": capacities(specs, rates, kam),
-        "sim": capacities(specs, rates, fit),
-        "sim_starting": capacities(specs, rates, sim),
-    }
+    if capacity_rates:
+        profiles = {"sim": fitted, "sim_starting": base}
+        ladder = capacity_ladder(specs, sorted(capacity_rates), duration, seed, settings,
+                                 profiles, executor, say)  # fmt: skip
+        result.ladder = ladder
+        caps = {side: {spec: ladder[spec][side] for spec in specs}
+                for side in ("kamailio", *profiles)}  # fmt: skip
+        tested, why_of = sorted(capacity_rates), lambda spec: ladder[spec]["why"]
+    else:
+        caps = {
+            "kamailio": capacities(specs, rates, kam),
+            "sim": capacities(specs, rates, fit),
+            "sim_starting": capacities(specs, rates, sim),
+        }
+        tested, why_of = rates, lambda spec: _capacity_why(spec, rates, kam, fit)
     for spec in specs:
         for rate in rates:
             k = median_figures(kam[spec, rate], kam_idle[spec], 1, rate)
             f = median_figures(fit[spec, rate], fit_idle[spec], cores, rate)
             s0 = median_figures(sim[spec, rate], sim_idle[spec], cores, rate)
-            checks = judge(k, f, caps["kamailio"][spec], caps["sim"][spec], rates[-1],
-                           _capacity_why(spec, rates, kam, fit))  # fmt: skip
+            checks = judge(k, f, caps["kamailio"][spec], caps["sim"][spec], tested[-1],
+                           why_of(spec))  # fmt: skip
             result.points.append({
                 "strategy": spec, "reinvite_rate": rate, "load": loads[rate],
                 "kamailio": k, "sim": f, "sim_starting": s0,
@@ -689,6 +715,61 @@ def calibrate(
         "kamailio": kam_idle, "sim": fit_idle, "sim_starting": sim_idle,
     }  # fmt: skip
     return result
+
+
+def capacity_ladder(
+    specs: Sequence[str],
+    rates: Sequence[float],
+    duration: float,
+    seed: int,
+    settings: ServerSettings,
+    profiles: Mapping[str, CostProfile],
+    executor: Executor | None,
+    say: Progress,
+) -> dict[str, dict[str, Any]]:
+    """Per strategy: the highest clean rate of the ladder on Kamailio (SIPp-driven, the
+    Python endpoints cannot offer these rates) and on the sim with each of `profiles`
+    (label -> profile; "sim" is the one judged), the same loads.
+
+    Kamailio stops climbing at its first failing rate (nothing above it counts); the sim
+    runs every rate. Per strategy: {"kamailio": capacity or None, label: capacity or None,
+    "steps": what failed at each rate, "why": the first failure of Kamailio and "sim"}.
+    """
+    from harness.targets.kamailio import run_kamailio
+
+    loads = {rate: capacity_load(rate, duration).spec for rate in rates}
+    kam: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for spec in specs:
+        for rate in rates:
+            say(f"kamailio {spec}: capacity {rate:g} re-INVITEs/s (SIPp) for {duration:g}s")
+            entry = run_kamailio(spec, parse_load(loads[rate]), seed, settings,
+                                 idle_window=IDLE_WINDOW, driver="sipp")  # fmt: skip
+            kam[spec, rate] = [entry]
+            if capacity_failure(entry):
+                break
+    keys = [(s, r) for s in specs for r in rates]
+    sims: dict[str, dict[tuple[str, float], list[dict[str, Any]]]] = {}
+    for label, costs in profiles.items():
+        say(f"{label.replace('_', ' ')} profile: capacity ladder, {len(keys)} runs")
+        entries = _sims([(s, loads[r]) for s, r in keys], duration, seed, settings, costs,
+                        executor)  # fmt: skip
+        sims[label] = {key: [e] for key, e in zip(keys, entries, strict=True)}
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        climbed = [r for r in rates if (spec, r) in kam]
+        steps = [
+            {"reinvite_rate": r, "load": loads[r],
+             "kamailio": capacity_failure(kam[spec, r][0]) if (spec, r) in kam else None,
+             **{label: capacity_failure(runs[spec, r][0]) for label, runs in sims.items()}}
+            for r in rates
+        ]  # fmt: skip
+        out[spec] = {
+            "kamailio": capacities([spec], climbed, kam)[spec],
+            **{label: capacities([spec], rates, runs)[spec] for label, runs in sims.items()},
+            "steps": steps,
+            "why": _capacity_why(spec, rates, kam, sims["sim"]),
+        }
+    return out
 
 
 def median_figures(
@@ -709,10 +790,13 @@ def median_figures(
 
 
 def _capacity_why(spec: str, rates: Sequence[float], kam: Mapping, sim: Mapping) -> str:
-    """The first failing rate on each side and what failed there."""
+    """The first failing rate on each side and what failed there (a side's runs stop at
+    the first rate it has no run of)."""
     why = []
     for side, runs in (("Kamailio", kam), ("sim", sim)):
         for rate in rates:
+            if (spec, rate) not in runs:
+                break
             failures = [f for f in map(capacity_failure, runs[spec, rate]) if f]
             if failures:
                 of = f" ({len(failures)} of {len(runs[spec, rate])} runs)" if len(
@@ -865,7 +949,7 @@ def table(calibration: Calibration) -> str:
             label = ""
         cap = verdicts["capacity re-INV/s"]
         caps = point["capacity"]
-        rows.append(["", "capacity re-INV/s (tested rates)", _cap(caps["kamailio"]),
+        rows.append(["", "capacity re-INV/s", _cap(caps["kamailio"]),
                      _cap(caps["sim_starting"]), _cap(caps["sim"]), cap["verdict"],
                      cap["why"]])  # fmt: skip
     return tabulate(

@@ -414,6 +414,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         raise UsageError(f"calibrate: {exc}") from None
     if args.repeat < 1:
         raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
+    ladder = _capacity_rates(args.capacity_rates)
     if not rates or any(r <= 0 for r in rates):
         raise UsageError(f"--rates needs positive re-INVITE rates, got {args.rates!r}")
     if not duration > 0:
@@ -427,7 +428,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         result = cal.calibrate(
             specs, rates, duration, args.seed, settings, base, repeat=args.repeat,
-            executor=executor, progress=say,
+            capacity_rates=ladder, executor=executor, progress=say,
         )  # fmt: skip
     except KamailioTargetError as exc:
         raise UsageError(f"kamailio target: {exc}") from None
@@ -446,6 +447,26 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     else:
         print(f"use it: deferbench run --costs {profile} (or calibrate --adopt: the default)")
     return 0
+
+
+def _capacity_rates(text: str) -> list[float]:
+    """`--capacity-rates`: re-INVITE rates, or 'none' (no SIPp ladder); needs sipp."""
+    from harness import sipp
+
+    if text.strip().lower() == "none":
+        return []
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        raise UsageError(f"--capacity-rates needs numbers or 'none', got {text!r}") from None
+    if not rates or any(r <= 0 for r in rates):
+        raise UsageError(f"--capacity-rates needs positive re-INVITE rates, got {text!r}")
+    if sipp.sipp_binary() is None:
+        raise UsageError(
+            "--capacity-rates: the ladder is SIPp-driven and sipp is not installed "
+            "(Debian package sip-tester), or pass --capacity-rates none"
+        )
+    return rates
 
 
 def _add_network_flag(parser: argparse.ArgumentParser) -> None:
@@ -672,6 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_cal.add_argument(
         "--repeat", type=int, default=1, metavar="N",
         help="Kamailio runs per point: fits use all, judged figures are medians (default 1)",
+    )  # fmt: skip
+    p_cal.add_argument(
+        "--capacity-rates", default="500,1000,1500,2000,2500,3000", metavar="R1,R2,...|none",
+        help="the capacity ladder in re-INVITEs/s, SIPp-driven on Kamailio (default "
+        "500,...,3000; none: judge capacity over --rates only)",
     )  # fmt: skip
     p_cal.add_argument(
         "--adopt", action="store_true",

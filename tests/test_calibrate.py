@@ -211,7 +211,7 @@ def test_calibrate_two_strategies_writes_a_loadable_profile_and_prints_the_table
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cli", "calibrate", "--strategy", "inline",
          "--strategy", "mqueue-rtimer", "--rates", "50", "--duration", "2s",
-         "--out", str(out), "--quiet"],
+         "--capacity-rates", "400", "--out", str(out), "--quiet"],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -238,6 +238,20 @@ def test_calibrate_two_strategies_writes_a_loadable_profile_and_prints_the_table
     assert phases["processes"] == 12 and len(phases["fork_gaps_us"]) == 11
     assert 10_000 < phases["period_us"] < 11_000
     assert profile.fork_gap == pytest.approx(phases["fork_gap_us"], abs=1e-3)  # TOML: 3 places
+    # the SIPp-driven capacity ladder, one rung: inline carries 400/s on both sides
+    ladder = document["capacity_ladder"]
+    inline = next(v for k, v in ladder.items() if k == "inline")
+    assert inline["kamailio"] == inline["sim"] == 400.0, inline["steps"]
+    assert {s["reinvite_rate"] for v in ladder.values() for s in v["steps"]} == {400.0}
+
+
+def test_calibrate_refuses_a_bad_capacity_ladder_in_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "calibrate", "--capacity-rates", "fast"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--capacity-rates" in proc.stderr
 
 
 def test_capacity_failure_names_the_criterion_that_failed():
