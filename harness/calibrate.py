@@ -6,9 +6,10 @@ figures by process role). It fits what the measurements determine simply:
 
 - timer passes from Kamailio's *idle* timer roles: a role of `n` processes with `w`
   wake-ups/s and `b` µs of CPU per second costs `b / w` µs per pass (`fit_timer`).
-- the sleep overshoot ε, its jitter and the fork gaps from the traced first passes of the
-  rtimer processes (`mqueue-rtimer`'s cfg logs each process's first 20 passes with
-  `trace=True`): period = interval + ε + pass; the gaps between first passes are fork gaps
+- the sleep overshoot ε, its jitter and the fork gaps from traced passes of the rtimer
+  processes (`mqueue-rtimer`'s cfg logs passes 101-120 of each process with `trace=True`):
+  period = interval + ε + pass; the gaps between the bunched phases are fork gaps; the
+  spread of each period around the pool's mean is the jitter that drifts them
   (`fit_phases`). Without that trace, ε comes from the idle role's period `n / w` − interval
   − pass, where wake-ups are context switches (a pass that blocks on a lock switches twice).
 - request/response/relay/reply/retransmission costs from `inline`: the ratio of Kamailio's
@@ -102,27 +103,33 @@ def fit_timer(
 
 @dataclass(frozen=True, slots=True)
 class PhaseFit:
-    """A timer pool's phases from its processes' first traced passes (`timer-pass` lines).
+    """A timer pool's phases from its processes' traced passes (`timer-pass` lines, about
+    1 s after the fork, when startup's contention has passed).
 
-    The first passes are one fork apart (plus the interval): their gaps are the fork gaps.
-    The pass-to-pass periods give ε directly (period = interval + ε + pass) and its spread:
-    ε is modelled uniform on ε ± jitter, whose interquartile range is exactly `jitter`.
+    Kamailio's rtimer phases stay bunched: one fork apart, then drifting slowly. Taken
+    mod the period, the phases leave one large empty gap (the rest of the period); the
+    other gaps between neighbours are what the forks left (`fork_gap_us`, and their
+    coefficient of variation `fork_gap_spread`). Pass-to-pass periods give ε (period =
+    interval + ε + pass). How a process's period deviates from the pool's mean in the
+    same pass (`relative_steps_us`) is the independent part of ε that makes phases drift:
+    modelled uniform on ± jitter, whose interquartile range is exactly `jitter`.
     """
 
     role: str
     processes: int
-    fork_gaps_us: tuple[float, ...]
+    phase_gaps_us: tuple[float, ...]
     periods_us: tuple[float, ...]
+    relative_steps_us: tuple[float, ...]
 
     @property
     def fork_gap_us(self) -> float:
-        return statistics.mean(self.fork_gaps_us)
+        return statistics.mean(self.phase_gaps_us)
 
     @property
     def fork_gap_spread(self) -> float:
         """The gaps' coefficient of variation, capped at 1 (1: exponential gaps)."""
         mean = self.fork_gap_us
-        return min(1.0, statistics.pstdev(self.fork_gaps_us) / mean) if mean > 0 else 0.0
+        return min(1.0, statistics.pstdev(self.phase_gaps_us) / mean) if mean > 0 else 0.0
 
     @property
     def period_us(self) -> float:
@@ -130,7 +137,7 @@ class PhaseFit:
 
     @property
     def jitter_us(self) -> float:
-        q1, _, q3 = statistics.quantiles(self.periods_us, n=4)
+        q1, _, q3 = statistics.quantiles(self.relative_steps_us, n=4, method="inclusive")
         return q3 - q1
 
 
@@ -139,10 +146,19 @@ def fit_phases(role: str, passes: Mapping[int, Sequence[float]]) -> PhaseFit | N
     runs = [sorted(times) for times in passes.values() if len(times) >= 2]
     if len(runs) < 2:
         return None
-    firsts = sorted(times[0] for times in runs)
-    gaps = tuple((b - a) * 1e6 for a, b in pairwise(firsts))
     periods = tuple((b - a) * 1e6 for times in runs for a, b in pairwise(times))
-    return PhaseFit(role, len(runs), gaps, periods)
+    period = statistics.median(periods)
+    start = min(times[0] for times in runs)
+    phases = sorted(((times[0] - start) * 1e6) % period for times in runs)
+    gaps = sorted([b - a for a, b in pairwise(phases)] + [period - phases[-1] + phases[0]])
+    n = min(len(times) for times in runs)
+    mean = [statistics.mean(times[k] for times in runs) for k in range(n)]
+    steps = tuple(
+        ((times[k + 1] - mean[k + 1]) - (times[k] - mean[k])) * 1e6
+        for times in runs
+        for k in range(n - 1)
+    )
+    return PhaseFit(role, len(runs), tuple(gaps[:-1]), periods, steps)
 
 
 def marginal_us(per_txn_us: float, idle_core_share: float, reinvite_rate: float) -> float:
@@ -239,8 +255,8 @@ def fitted_profile(
         values["fork_gap_spread"] = statistics.median(f.fork_gap_spread for f in fits)
         notes.append(
             f"sleep_overshoot_jitter = {values['sleep_overshoot_jitter']:.1f} µs: interquartile "
-            f"range of the traced periods; fork_gap = {values['fork_gap']:.1f} µs, "
-            f"fork_gap_spread = {values['fork_gap_spread']:.2f}: gaps between the first passes "
+            f"range of a process's period less the pool's; fork_gap = {values['fork_gap']:.1f} "
+            f"µs, fork_gap_spread = {values['fork_gap_spread']:.2f}: gaps between the phases "
             f"({sum(len(f.periods_us) for f in fits)} periods, {len(fits)} run(s))"
         )
     if wakeup_tails:
@@ -558,7 +574,7 @@ class Calibration:
                 {
                     "role": f.role,
                     "processes": f.processes,
-                    "fork_gaps_us": list(f.fork_gaps_us),
+                    "phase_gaps_us": list(f.phase_gaps_us),
                     "fork_gap_us": f.fork_gap_us,
                     "fork_gap_spread": f.fork_gap_spread,
                     "period_us": f.period_us,

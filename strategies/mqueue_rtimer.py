@@ -356,7 +356,9 @@ def _defer_block(min_age: float | None, trace: bool = False) -> str:
 
 
 TRACED_PASSES = 20
-"""With `trace`, each rtimer process logs its first passes: phases and periods to fit."""
+TRACE_AFTER = 100
+"""With `trace`, each rtimer process logs passes TRACE_AFTER+1 .. TRACE_AFTER+TRACED_PASSES
+(about 1 s after its fork: startup's contention has passed): phases and periods to fit."""
 
 
 def _poll_route(take_one: bool, min_age: float | None, trace: bool = False) -> str:
@@ -372,9 +374,11 @@ def _poll_route(take_one: bool, min_age: float | None, trace: bool = False) -> s
         "route[DQ_POLL] {",
         *(
             [
-                f"\tif ($var(passes) < {TRACED_PASSES}) {{  # $var: per process, starts at 0",
+                f"\tif ($var(passes) < {TRACE_AFTER + TRACED_PASSES}) {{  # per process, from 0",
                 "\t\t$var(passes) = $var(passes) + 1;",
-                trace_line("timer-pass", "\t\t", "$TV(Sn) $pp").rstrip("\n"),
+                f"\t\tif ($var(passes) > {TRACE_AFTER}) {{",
+                trace_line("timer-pass", "\t\t\t", "$TV(Sn) $pp").rstrip("\n"),
+                "\t\t}",
                 "\t}",
             ]
             if trace

@@ -80,22 +80,27 @@ def test_profile_toml_round_trips_through_costprofile_load(tmp_path):
     assert CostProfile.load(path) == profile
 
 
-def test_fit_phases_reads_fork_gaps_and_periods_from_first_passes():
-    # three timers forked 100 and 300 µs apart, each with periods of 10.1 ms then 10.3 ms
-    passes = {pid: [start, start + 0.0101, start + 0.0204]
-              for pid, start in ((7, 0.0), (8, 0.0001), (9, 0.0004))}  # fmt: skip
+def test_fit_phases_reads_phase_gaps_periods_and_relative_drift():
+    # three timers 100 and 300 µs apart; periods 10.1 ms, then 10.3 ms except one of 10.4
+    passes = {7: [0.0, 0.0101, 0.0204], 8: [0.0001, 0.0102, 0.0205],
+              9: [0.0004, 0.0105, 0.0209]}  # fmt: skip
     fit = cal.fit_phases("rtimer", passes)
     assert fit is not None and fit.processes == 3
-    assert fit.fork_gaps_us == pytest.approx((100.0, 300.0))
+    # mod the 10.2 ms median period: gaps 100, 300 and the empty rest (dropped)
+    assert fit.phase_gaps_us == pytest.approx((100.0, 300.0))
     assert fit.fork_gap_us == pytest.approx(200.0)
     assert fit.fork_gap_spread == pytest.approx(0.5)  # pstdev 100 / mean 200
     assert fit.period_us == pytest.approx(10_200.0)
+    # the third timer's 10.4 ms step is 66.7 µs above the pool's mean, the others 33.3 below
+    assert sorted(fit.relative_steps_us) == pytest.approx(
+        [-33.33, -33.33, 0, 0, 0, 66.67], abs=0.01
+    )
     assert cal.fit_phases("rtimer", {7: [0.0, 0.01]}) is None  # one process: no gaps
 
 
 def test_fitted_profile_takes_overshoot_jitter_and_fork_gaps_from_phases():
     periods = (10_100.0, 10_120.0, 10_140.0, 10_160.0, 10_180.0)
-    fit = cal.PhaseFit("rtimer", 3, (200.0, 200.0), periods)
+    fit = cal.PhaseFit("rtimer", 3, (200.0, 200.0), periods, (-40.0, -10.0, 10.0, 40.0))
     base = CostProfile()
     profile, notes = cal.fitted_profile(base, [], None, None, [(fit, 0.010)])
     # ε = median period − interval − the (unfitted) rtimer pass
@@ -233,9 +238,9 @@ def test_calibrate_two_strategies_writes_a_loadable_profile_and_prints_the_table
         assert {c["verdict"] for c in point["checks"]} <= {"PASS", "MISS", "n/a"}
     rtimer = next(f for f in document["timer_fits"] if f["role"] == "rtimer")
     assert rtimer["processes"] == 12 and rtimer["wakeups_per_s"] > 0
-    # the traced first passes of the 12 rtimer processes: 11 fork gaps, periods ≈ 10 ms
+    # the traced passes of the 12 rtimer processes: 11 phase gaps, periods ≈ 10 ms
     (phases,) = document["phase_fits"]
-    assert phases["processes"] == 12 and len(phases["fork_gaps_us"]) == 11
+    assert phases["processes"] == 12 and len(phases["phase_gaps_us"]) == 11
     assert 10_000 < phases["period_us"] < 11_000
     assert profile.fork_gap == pytest.approx(phases["fork_gap_us"], abs=1e-3)  # TOML: 3 places
     # the SIPp-driven capacity ladder, one rung: inline carries 400/s on both sides

@@ -305,3 +305,19 @@ def test_queue_depth_counts_the_strategys_own_backlog():
     ample = run_sim("mqueue-rtimer:timers=12", load, 1, settings, measure_idle=False)
     assert starved["queue_depth"]["max"] > 50
     assert ample["queue_depth"]["max"] < 10
+
+
+def test_the_wakeup_tail_delays_hand_offs_under_traffic_but_not_idle_timers() -> None:
+    from core.runtime.costs import CostProfile
+
+    tail = CostProfile(wakeup_tail=2000.0, wakeup_tail_share=1.0)  # every wake-up +2 ms mean
+    spec = "async-route:ms=10"
+    # idle: the ms timer's wake-ups are those of the profile without a tail
+    assert (
+        run_idle(spec, 1.0, 1, SETTINGS, tail)["cpu"]["wakeups_per_s"]
+        == run_idle(spec, 1.0, 1, SETTINGS, CostProfile())["cpu"]["wakeups_per_s"]
+    )
+    # loaded: the timer's and the task worker's wake-ups both wait, so resumes come later
+    plain = run_sim(spec, SMALL, 1, SETTINGS, CostProfile())["delay_ms"]["p50"]
+    late = run_sim(spec, SMALL, 1, SETTINGS, tail)["delay_ms"]["p50"]
+    assert late > plain + 2.0

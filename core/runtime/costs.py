@@ -17,8 +17,9 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
   (clustered, §7); `calibrate` measures the gaps between Kamailio's first rtimer passes.
 - `wakeup_tail`, `wakeup_tail_share`: none by default. On a loaded 2-vCPU machine a woken
   Kamailio process often waits for the scheduler (CFS does not always preempt the running
-  task), which gives ms tails to every hand-off; `calibrate` fits the mixture to the
-  single-wake-up delays of `blocking-sleep` and `async-task` (p50 and p99).
+  task), which gives ms tails to every hand-off once traffic flows (idle timers show none);
+  `calibrate` fits the mixture to the single-wake-up delays of `blocking-sleep` and
+  `async-task` (p50 and p99).
 - request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
   share of the call's other messages (≈ 7 messages in and out): ≈ 40 µs per request
   received and routed, 30 µs per response.
