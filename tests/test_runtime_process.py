@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from core.runtime.kernel import Kernel, run_on_virtual_time
-from core.runtime.process import Compute, CpuPool, Get, Process, Put, Queue, Sleep
+from core.runtime.process import Compute, CpuPool, Get, Process, Put, Queue, Sleep, Stalls
 
 
 def test_sleep_and_compute_happen_at_exact_virtual_times():
@@ -66,6 +66,25 @@ def test_wakeup_latency_delays_sleep_returns_and_hand_offs_but_not_running_work(
         ("computed", pytest.approx(0.013)),
         ("item", pytest.approx(0.015)),
     ]
+
+
+class _Clock:
+    now = 0.0
+
+
+def test_stalls_cover_their_share_of_time_and_release_everyone_at_their_end():
+    import random
+
+    clock = _Clock()
+    stalls = Stalls(clock, random.Random(5), mean_s=0.001, share=0.4)
+    delays = []
+    for k in range(200_000):
+        clock.now = k * 1e-4  # a wake-up every 100 µs for 20 s
+        delays.append(stalls())
+        assert stalls() == delays[-1]  # a second process woken at once: the same release
+    delayed = [d for d in delays if d > 0]
+    assert len(delayed) / len(delays) == pytest.approx(0.4, abs=0.02)
+    assert sum(delayed) / len(delayed) == pytest.approx(0.001, rel=0.05)  # residual: mean
 
 
 def test_cores_are_shared_fifo_and_waiting_is_accounted():

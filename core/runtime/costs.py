@@ -16,8 +16,9 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
   `child_init`, so their first passes (and phases) are one fork apart: 5 µs by default
   (clustered, §7); `calibrate` measures the gaps between Kamailio's first rtimer passes.
 - `wakeup_tail`, `wakeup_tail_share`: none by default. On a loaded 2-vCPU machine a woken
-  Kamailio process often waits for the scheduler (CFS does not always preempt the running
-  task), which gives ms tails to every hand-off once traffic flows (idle timers show none);
+  Kamailio process often waits for the scheduler while the load generator holds the cores
+  (CFS does not always preempt): ms tails on every hand-off once traffic flows (idle timers
+  show none), common to every process woken meanwhile (`core.runtime.process.Stalls`);
   `calibrate` fits the mixture to the single-wake-up delays of `blocking-sleep` and
   `async-task` (p50 and p99).
 - request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
@@ -64,8 +65,9 @@ class CostProfile:
     sleep_overshoot_jitter: float = 30.0  # ε is drawn uniformly from ε ± jitter
     fork_gap: float = 5.0  # mean time between the forks of one module's timer processes
     fork_gap_spread: float = 0.0  # 0: every gap is fork_gap; 1: exponential gaps (same mean)
-    wakeup_tail: float = 0.0  # mean of the exponential extra delay of a delayed wake-up
-    wakeup_tail_share: float = 0.0  # share of wake-ups (sleep returns, queue hand-offs) delayed
+    wakeup_tail: float = 0.0  # mean stall of the cores under traffic (a delayed wake-up's mean)
+    wakeup_tail_share: float = 0.0  # share of the time stalled (of wake-ups delayed), ≤ 0.95
+    wakeup_tail_common: float = 1.0  # share of wake-ups that meet the stalls common to all
 
     def seconds(self, name: str) -> float:
         return getattr(self, name) * 1e-6

@@ -208,6 +208,43 @@ class CpuPool:
         process._resume(None)
 
 
+class Stalls:
+    """Episodes when the cores are taken by someone else (the load generator beside the
+    server, other tenants of the VM): a process woken during one runs when it ends.
+
+    Gaps and episodes alternate, both exponential; episodes last `mean_s` on average and
+    cover `share` of the time (capped at 0.95), drawn lazily from `rng` as time goes on.
+    A wake-up at a random time is delayed with probability `share`, by an exponential of
+    mean `mean_s` (the residual of an exponential). With probability `common` a wake-up
+    meets the shared episodes: processes woken in one all run at its end, so their phases
+    do not drift apart (Kamailio's rtimers stay bunched under load); otherwise it draws
+    the same distribution on its own. Use as `CpuPool.wakeup_latency`.
+    """
+
+    def __init__(
+        self, kernel: Kernel, rng: Any, mean_s: float, share: float, common: float = 1.0
+    ) -> None:
+        share = min(share, 0.95)
+        self.kernel = kernel
+        self.rng = rng
+        self.share = share
+        self.common = common
+        self.mean = mean_s
+        self.gap_mean = mean_s * (1.0 - share) / share
+        self.start = kernel.now + rng.expovariate(1.0 / self.gap_mean)
+        self.end = self.start + rng.expovariate(1.0 / mean_s)
+
+    def __call__(self) -> float:
+        rng = self.rng
+        if self.common < 1.0 and rng.random() >= self.common:
+            return rng.expovariate(1.0 / self.mean) if rng.random() < self.share else 0.0
+        now = self.kernel.now
+        while self.end <= now:
+            self.start = self.end + self.rng.expovariate(1.0 / self.gap_mean)
+            self.end = self.start + self.rng.expovariate(1.0 / self.mean)
+        return self.end - now if self.start <= now else 0.0
+
+
 class Queue:
     """A FIFO served by any number of processes, optionally bounded.
 

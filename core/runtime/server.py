@@ -33,7 +33,7 @@ from core.events import (
 from core.proxy import Proxy, ProxyConfig
 from core.runtime.costs import CostProfile
 from core.runtime.kernel import Kernel
-from core.runtime.process import Compute, CpuPool, Get, Process, Program, Queue, Sleep
+from core.runtime.process import Compute, CpuPool, Get, Process, Program, Queue, Sleep, Stalls
 from core.runtime.tasks import TaskGroup, TaskGroupConfig
 from core.sip import SipMessage, SipParseError, SipRequest, parse_message
 
@@ -125,11 +125,8 @@ class Server:
         self._jitter = self.costs.seconds("sleep_overshoot_jitter")
         # The wake-up tail is the load's (traffic and the co-located load generator compete
         # for the cores): Kamailio's idle timers show none, so it starts with the traffic.
-        self._tail_on_traffic = (
-            self._wakeup_latency
-            if self.costs.wakeup_tail > 0 and self.costs.wakeup_tail_share > 0
-            else None
-        )
+        tail, share = self.costs.seconds("wakeup_tail"), self.costs.wakeup_tail_share
+        self._tail_on_traffic = tail > 0 and share > 0
         for i in range(self.settings.children):
             self.spawn("sip-worker", f"udp receiver child={i}", self._sip_worker)
         self._slow_timer_due = Queue(kernel, "slow timer", 1)
@@ -159,12 +156,6 @@ class Server:
             return self._overshoot
         return max(0.0, self._overshoot + self.random.uniform(-self._jitter, self._jitter))
 
-    def _wakeup_latency(self) -> float:
-        """A woken process's scheduling delay: exponential tail on a share of wake-ups."""
-        if self.random.random() >= self.costs.wakeup_tail_share:
-            return 0.0
-        return self.random.expovariate(1.0) * self.costs.seconds("wakeup_tail")
-
     def fork_offsets(self, processes: int) -> list[float]:
         """When each of `processes` forked one after another starts, from the first (s).
 
@@ -192,8 +183,12 @@ class Server:
 
     def receive(self, data: bytes | SipMessage, source: Address) -> None:
         """A datagram arrives on the UDP socket; dropped (and counted) if the buffer is full."""
-        if self._tail_on_traffic is not None:
-            self.cpu.wakeup_latency, self._tail_on_traffic = self._tail_on_traffic, None
+        if self._tail_on_traffic:
+            self._tail_on_traffic = False
+            self.cpu.wakeup_latency = Stalls(self.kernel, self.random,
+                                             self.costs.seconds("wakeup_tail"),
+                                             self.costs.wakeup_tail_share,
+                                             self.costs.wakeup_tail_common)  # fmt: skip
         if not self.sip_socket.offer((data, source)):
             self.count("udp_receive_buffer_drops")
 
