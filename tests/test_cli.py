@@ -166,11 +166,27 @@ def test_sweep_on_a_dask_local_cluster_reports_capacity(capsys, tmp_path):
         n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
     ) as cluster:
         code, out, err = run_cli(
-            capsys, "sweep", "--strategy", "mqueue-rtimer", "--param", "timers=1,4",
-            "--rates", "50,150", "--target-rate", "150", "--load",
-            "reinvite:duration=2s,reinvites=5", "--scheduler", cluster.scheduler_address,
-            "--out", str(tmp_path), "--quiet", "--no-plots",
-        )  # fmt: skip
+            capsys,
+            "sweep",
+            "--strategy",
+            "mqueue-rtimer",
+            "--param",
+            "timers=1,4",
+            "--rates",
+            "50,150",
+            "--target-rate",
+            "150",
+            "--load",
+            "reinvite:duration=2s,reinvites=5",
+            "--scheduler",
+            cluster.scheduler_address,
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--no-plots",
+            "--costs",
+            "built-in",
+        )  # fmt: skip  (built-in: the figures must not move with each calibration)
     assert code == 0, err
     assert "capacity" in out
     doc = json.loads((tmp_path / "sweep.json").read_text())
@@ -192,3 +208,20 @@ def test_repeat_collects_wall_clock_samples_and_keeps_sim_figures_identical(caps
     assert len(entry.samples["sim_txn_per_wall_s"]) == 3
     code, _, err = run_cli(capsys, "run", "--repeat", "0")
     assert code == 2 and "--repeat" in err
+
+
+def test_the_sim_charges_the_adopted_calibration_unless_told_otherwise(capsys, tmp_path):
+    from harness.profile import ADOPTED
+
+    costs = {}
+    for name, extra in (("default", ()), ("built-in", ("--costs", "built-in"))):
+        code, _, err = run_cli(capsys, "run", "--strategy", "inline", "--load", SMALL_LOAD,
+                               "--out", str(tmp_path / name), "--quiet", "--no-plots",
+                               *extra)  # fmt: skip
+        assert code == 0, err
+        result = read_result(tmp_path / name / "result.json")
+        costs[name] = (result.costs, result.strategies[0].cpu.per_txn_us)
+    assert costs["built-in"][0] == "built-in"
+    if ADOPTED.is_file():  # committed with the project
+        assert costs["default"][0] == "results/calibration/profile.toml"
+        assert costs["default"][1] != costs["built-in"][1]  # a different profile was charged
