@@ -18,6 +18,11 @@ figures by process role). It fits what the measurements determine simply:
 - `t_suspend` + `t_continue` from the deferring strategies: the CPU per re-INVITE Kamailio
   spends above `inline` at the same rate, not yet explained by the sim, is charged to them
   (`fit_deferral`).
+- the wake-up tail (stalls of the cores under traffic) from the p50/p99 delay excess of
+  the single-wake-up strategies over the sim (`fit_wakeup_tail`), and the share of it
+  common to all processes from mqueue-rtimer's p50, whose phases it bunches or not
+  (`fit_common_stalls`: that p50 is then fitted, not predicted).
+- capacity from a ladder of rates, SIPp driving Kamailio (`capacity_ladder`).
 
 It then re-runs the sim with the fitted profile and judges each figure against the
 fidelity bounds of issue 6 (`judge`). With `repeat` > 1 every Kamailio point runs that many

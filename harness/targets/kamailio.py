@@ -22,6 +22,9 @@ Observation:
   before the deferral and `DEFERBENCH resume ...` as the continuation's first action
   (Kamailio's own wall clock, µs). Delays are paired per (Call-ID, CSeq): the first
   suspend and the first resume after it; every further resume counts as a duplicate.
+- **Timer phases.** `mqueue-rtimer`'s traced cfg also logs `DEFERBENCH timer-pass $TV(Sn)
+  $pp` for passes 101-120 of each rtimer process (`Trace.timer_passes`), from which
+  `deferbench calibrate` fits fork gaps, ε and its drift.
 - **Roles.** `kamcmd -s unix:RUNDIR/ctl.sock core.psx` once Kamailio answers: PID and
   description of every process ("udp receiver child=0 ...", "RTIMER EXEC child=3 timer=dq",
   "Async Task Worker - default", ...), mapped to the roles the sim uses (`role_of`). The
