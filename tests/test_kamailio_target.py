@@ -220,7 +220,7 @@ def test_kamailio_is_stopped_by_pid_when_the_run_is_interrupted(monkeypatch):
         seen["dir"] = str(kamailio.workdir)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(target, "_drive", interrupted)
+    monkeypatch.setattr(target, "drive", interrupted)
     with pytest.raises(KeyboardInterrupt):
         kamailio_run("mqueue-rtimer:timers=2", SMOKE_LOAD, 1, SETTINGS)
     assert len(seen["pids"]) >= 4

@@ -44,7 +44,7 @@ Observation:
   everything into the result entry. Two drivers (`driver=`), the same Kamailio start and
   stop, idle window, three CPU snapshots (idle start, load start, load end) and trace:
   - `python` (default): the harness's own UAC and UAS, exactly as for the live target (the
-    driving loop is the live target's `_drive`, with `KamailioProcess` in the place of the
+    driving loop is the live target's public `drive`, with `KamailioProcess` in the place of the
     serve process). Any arrival; the strict UAS answers a re-INVITE that overtook the
     previous ACK with 491. Tops out near 1,000 re-INVITEs/s on two cores.
   - `sipp`: one SIPp UAC and one SIPp UAS (`harness.sipp`), for 2,000+ re-INVITEs/s. The
@@ -103,7 +103,7 @@ from harness import sipp
 from harness.ledger import Ledger
 from harness.load import LoadSpec
 from harness.targets.common import CpuWindow, DeferralRecord, UacFigures, strategy_entry
-from harness.targets.live import DRAIN_GRACE, LiveRun, _drive
+from harness.targets.live import DRAIN_GRACE, LiveRun, drive
 from strategies import parse_spec
 from strategies.base import Strategy
 from strategies.inline import TRACE_MARK
@@ -591,7 +591,7 @@ def kamailio_run(
         holder: list[LiveRun] = []
         try:
             if plan is None:
-                anyio.run(_drive, kamailio, strategy, load, seed, settings, idle_window, holder)
+                anyio.run(drive, kamailio, strategy, load, seed, settings, idle_window, holder)
                 driven: LiveRun | _SippDriven = holder[0]
             else:
                 driven = anyio.run(

@@ -258,7 +258,7 @@ def live_run(
         )
         holder: list[LiveRun] = []
         try:
-            anyio.run(_drive, serve, strategy, load, seed, settings, idle_window, holder,
+            anyio.run(drive, serve, strategy, load, seed, settings, idle_window, holder,
                       backend=backend)  # fmt: skip
         finally:
             serve.stop()
@@ -271,7 +271,7 @@ def live_run(
     return run
 
 
-async def _drive(
+async def drive(
     serve: ServeProcess,
     strategy: Any,
     load: LoadSpec,
@@ -280,6 +280,9 @@ async def _drive(
     idle_window: float,
     holder: list[LiveRun],
 ) -> None:
+    """Drive `load` from the harness's UAC/UAS through a started server (`serve`: this
+    target's `ServeProcess` or the kamailio target's `KamailioProcess`, anything with
+    `wait_ready()` and `snapshot()`): idle window, load, drain; the run into `holder`."""
     proxy = await serve.wait_ready()
     plans = schedule(load, seed) if load.rate > 0 else []
     kernel = Kernel(live=True)
