@@ -10,13 +10,11 @@ import json
 import signal
 import socket
 import time
-from pathlib import Path
 
 import anyio
 import pytest
 
 from core.runtime.kernel import Kernel
-from core.runtime.server import ServerSettings
 from core.sip import parse_message
 from harness.endpoints import Uac, Uas
 from harness.ledger import Ledger
@@ -72,28 +70,6 @@ def _datagrams(sock: socket.socket, wait: float = 1.0) -> list[bytes]:
             break
         out.append(data)
     return out
-
-
-@pytest.fixture
-def serve(tmp_path: Path):
-    """A running `deferbench serve` (inline, trio) and its address; always stopped."""
-    started: list[ServeProcess] = []
-
-    def start(*extra: str, strategy: str = "inline", backend: str = "trio") -> ServeProcess:
-        process = ServeProcess(
-            strategy,
-            backend=backend,
-            settings=ServerSettings(children=2, fr_timer=2.0),
-            workdir=tmp_path,
-            extra=("--interval", "0.5s", *extra),
-        )
-        started.append(process)
-        anyio.run(process.wait_ready)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 @pytest.fixture

@@ -22,10 +22,9 @@ import pytest
 import harness
 import strategies
 from core.runtime.kernel import Kernel
-from core.runtime.server import ServerSettings
 from harness.endpoints import Uas
 from harness.ledger import Ledger
-from harness.targets.live import ServeProcess, UdpHost
+from harness.targets.live import UdpHost
 from harness.udp import UdpSocket
 
 SIPP = shutil.which("sipp")
@@ -75,27 +74,9 @@ def _uac(proxy: tuple[str, int], uas_port: int, workdir: Path) -> dict[str, int]
     }
 
 
-@pytest.fixture
-def serve(tmp_path):
-    started: list[ServeProcess] = []
-
-    def start(strategy: str) -> ServeProcess:
-        process = ServeProcess(
-            strategy, settings=ServerSettings(children=4, fr_timer=5.0), workdir=tmp_path,
-            extra=("--interval", "0s"),
-        )  # fmt: skip
-        started.append(process)
-        anyio.run(process.wait_ready)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-
-
 @pytest.mark.parametrize("spec", strategies.names())
 def test_sipp_uac_through_the_live_proxy_to_sipp_uas(spec, serve, tmp_path):
-    proxy = serve(spec)
+    proxy = serve(strategy=spec, children=4, fr_timer=5.0, interval="0s")
     uas_port = _free_port()
     uas = subprocess.Popen(
         [SIPP, "-sf", str(SCENARIOS / "reinvite_uas.xml"), "-i", "127.0.0.1",
@@ -142,7 +123,7 @@ class _UasLedger(Ledger):
 
 @pytest.mark.parametrize("spec", ["inline", "async-sleep"])
 def test_sipp_uac_through_the_live_proxy_to_the_harness_uas_counts_races(spec, serve, tmp_path):
-    proxy = serve(spec)
+    proxy = serve(strategy=spec, children=4, fr_timer=5.0, interval="0s")
     ledger = _UasLedger()
     out: dict = {}
 
