@@ -36,6 +36,7 @@ other way than Kamailio does.
 from __future__ import annotations
 
 import math
+import random
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -170,7 +171,7 @@ class AsyncModuleConfig:
     ms_timer: int = 0  # modparam("async", "ms_timer"), ms; 0 = no ms list, no ms timer
     async_workers: int = 0  # core async_workers: the default task group (unrelated pool)
     async_nonblock: bool = False  # core async_nonblock
-    ticks_start: int = 0  # the core tick counter's start value (init_timer(): random())
+    ticks_start: int | None = None  # the core tick counter's start (None: seeded random())
 
 
 class AsyncModule:
@@ -179,6 +180,13 @@ class AsyncModule:
     def __init__(self, server: Server, config: AsyncModuleConfig) -> None:
         self.server = server
         self.config = config
+        # init_timer() starts *ticks at random(): a stream of its own, so drawing it moves
+        # no other seeded draw of the server
+        self.ticks_start = (
+            config.ticks_start
+            if config.ticks_start is not None
+            else random.Random(f"ticks_start/{server.settings.seed}").randrange(2**31)
+        )
         enabled = config.workers > 0  # mod_init() returns before creating either list
         self.ring: SecondsRing | None = SecondsRing() if enabled else None
         self.ms_list: MsList | None = MsList() if enabled and config.ms_timer > 0 else None
@@ -207,11 +215,11 @@ class AsyncModule:
     def get_ticks(self) -> int:
         """Kamailio's `get_ticks()`: the 16 Hz tick counter in whole seconds.
 
-        The counter starts at `ticks_start` (Kamailio: `random()`), so its second boundaries
-        fall (−ticks_start mod 16)/16 s after startup, and only at tick instants. With the
-        default 0 this is ⌊now⌋, whole seconds since start.
+        The counter starts at `ticks_start` (Kamailio: `random()`; unset, a draw seeded by
+        the server's seed), so its second boundaries fall (−ticks_start mod 16)/16 s after
+        startup, and only at tick instants. With ticks_start=0 this is ⌊now⌋.
         """
-        ticks = math.floor(self.server.now / TICK + 1e-9) + self.config.ticks_start
+        ticks = math.floor(self.server.now / TICK + 1e-9) + self.ticks_start
         return ticks // TICKS_HZ
 
     # ------------------------------------------------------------------ script functions
@@ -384,7 +392,7 @@ ASYNC_PARAMS: tuple[Param, ...] = (
         None,
         "model only: the core tick counter's start value (Kamailio: random(), logged at debug "
         "as 'starting with *ticks=N'); get_ticks() seconds then begin (-N mod 16)/16 s after "
-        "startup, which sets how early the seconds form resumes (unset = 0: whole seconds)",
+        "startup, which sets how early the seconds form resumes (unset: a seeded random draw)",
         minimum=0,
         maximum=2**32 - 1,
     ),
@@ -430,7 +438,7 @@ class AsyncModuleStrategy(Strategy):
             ms_timer=self.values["ms_timer"],
             async_workers=self.values["async_workers"],
             async_nonblock=self.values["async_nonblock"],
-            ticks_start=self.values["ticks_start"] or 0,
+            ticks_start=self.values["ticks_start"],
         )
 
     # ------------------------------------------------------------------ behaviour

@@ -325,7 +325,7 @@ def _arrival_to_suspend(run: SimRun, n: int, spacing: float) -> list[float]:
 
 def test_seconds_form_resumes_up_to_a_second_early_in_the_next_second():
     arrivals = arrivals_away_from_second_boundaries(0.5, 0.0937, 60)
-    run = simulate("async-route:s=1", arrivals, 8.0)
+    run = simulate("async-route:s=1,ticks_start=0", arrivals, 8.0)
     delays = run.delays()
     assert len(delays) == len(arrivals) == len(first_relays(run))
     assert min(delays) > 0 and max(delays) < 2
@@ -334,6 +334,17 @@ def test_seconds_form_resumes_up_to_a_second_early_in_the_next_second():
     for d in run.server.deferrals.values():
         assert math.floor(d.resumed_at) == math.floor(d.suspended_at) + 1
         assert d.resumed_by == "ASYNC MOD TIMER #0"
+
+
+def test_an_unset_tick_counter_start_is_a_draw_seeded_by_the_server_seed():
+    arrivals = arrivals_away_from_second_boundaries(0.6, 0.0937, 60)
+    starts = {}
+    for seed in (1, 2, 3):
+        run = simulate("async-route:s=1", arrivals, 4.0, settings=ServerSettings(seed=seed))
+        starts[seed] = run.server.strategy.module(run.server).ticks_start
+        again = simulate("async-route:s=1", arrivals, 4.0, settings=ServerSettings(seed=seed))
+        assert again.delays() == run.delays()  # the same seed, the same draw
+    assert len(set(starts.values())) == 3
 
 
 def test_tick_counter_start_moves_the_second_boundary_and_the_early_share():
@@ -350,7 +361,7 @@ def test_tick_counter_start_moves_the_second_boundary_and_the_early_share():
 
 
 def test_seconds_form_is_lifo_within_one_second():
-    run = simulate("async-route:s=1,workers=1", [2.2, 2.6, 3.1], 5.0)
+    run = simulate("async-route:s=1,workers=1,ticks_start=0", [2.2, 2.6, 3.1], 5.0)
     relays = first_relays(run)
     order = sorted(relays, key=relays.get)
     assert order == ["call-1@uac", "call-0@uac", "call-2@uac"]
@@ -365,7 +376,7 @@ def test_a_timer_whose_phase_wraps_skips_a_second_and_its_items_end_in_408():
     costs = EXACT.with_values(async_s_pass=300_000.0)
     fr = 3.0
     run = simulate(
-        "async-route:s=1",
+        "async-route:s=1,ticks_start=0",
         [3.2, 4.5],
         8.0,
         settings=ServerSettings(cores=2, fr_timer=fr),
