@@ -670,33 +670,11 @@ def calibrate(
     `capacity_rates`: the capacity ladder, SIPp-driven on Kamailio (`capacity_ladder`);
     without it capacity is judged over `rates` alone.
     """
-    from harness.targets.kamailio import kamailio_run
-    from harness.targets.sim import idle_load
-
     say = progress or (lambda _line: None)
     specs = [strategies.parse_spec(s).spec for s in specs]
     rates = sorted(rates)
     loads = {rate: load_for(rate, duration).spec for rate in rates}
-    kam: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    kam_idle: dict[str, list[dict[str, Any]]] = {}
-    phases: list[tuple[PhaseFit, float]] = []
-    for spec in specs:  # one at a time: real CPU
-        interval = _interval("rtimer", strategies.parse_spec(spec).values)
-        for n in range(repeat):
-            tag = f" (run {n + 1}/{repeat})" if repeat > 1 else ""
-            say(f"kamailio {spec}: idle {duration:g}s{tag}")
-            run = kamailio_run(spec, idle_load(duration), seed, settings, idle_window=IDLE_WINDOW)
-            kam_idle.setdefault(spec, []).append(run.result)
-            phase = fit_phases("rtimer", run.trace.timer_passes)
-            if phase is not None and interval is not None:
-                phases.append((phase, interval))
-            for rate in rates:
-                say(f"kamailio {spec}: {rate:g} re-INVITEs/s for {duration:g}s{tag}")
-                kam.setdefault((spec, rate), []).append(
-                    kamailio_run(
-                        spec, parse_load(loads[rate]), seed, settings, idle_window=IDLE_WINDOW
-                    ).result  # fmt: skip
-                )
+    kam, kam_idle, phases = _kamailio_points(specs, loads, duration, seed, settings, repeat, say)
 
     def sim_side(costs: CostProfile, label: str) -> tuple[dict, dict]:
         say(f"sim ({label} profile): {len(specs)} idle + {len(specs) * len(rates)} loaded runs")
@@ -753,6 +731,40 @@ def calibrate(
         "kamailio": kam_idle, "sim": fit_idle, "sim_starting": sim_idle,
     }  # fmt: skip
     return result
+
+
+Runs = dict[tuple[str, float], list[dict[str, Any]]]
+"""(strategy spec, re-INVITE rate) -> one result entry per repeat."""
+
+
+def _kamailio_points(
+    specs: Sequence[str], loads: Mapping[float, str], duration: float, seed: int,
+    settings: ServerSettings, repeat: int, say: Progress,
+) -> tuple[Runs, dict[str, list[dict[str, Any]]], list[tuple[PhaseFit, float]]]:  # fmt: skip
+    """Kamailio's side, one run at a time (real CPU): per strategy and repeat an idle run
+    (with its traced timer phases) and a run at every rate."""
+    from harness.targets.kamailio import kamailio_run
+    from harness.targets.sim import idle_load
+
+    kam: Runs = {}
+    kam_idle: dict[str, list[dict[str, Any]]] = {}
+    phases: list[tuple[PhaseFit, float]] = []
+    for spec in specs:
+        interval = _interval("rtimer", strategies.parse_spec(spec).values)
+        for n in range(repeat):
+            tag = f" (run {n + 1}/{repeat})" if repeat > 1 else ""
+            say(f"kamailio {spec}: idle {duration:g}s{tag}")
+            run = kamailio_run(spec, idle_load(duration), seed, settings, idle_window=IDLE_WINDOW)
+            kam_idle.setdefault(spec, []).append(run.result)
+            phase = fit_phases("rtimer", run.trace.timer_passes)
+            if phase is not None and interval is not None:
+                phases.append((phase, interval))
+            for rate, load in loads.items():
+                say(f"kamailio {spec}: {rate:g} re-INVITEs/s for {duration:g}s{tag}")
+                entry = kamailio_run(spec, parse_load(load), seed, settings,
+                                     idle_window=IDLE_WINDOW).result  # fmt: skip
+                kam.setdefault((spec, rate), []).append(entry)
+    return kam, kam_idle, phases
 
 
 COMMON_GRID = (0.0, 0.5, 0.75, 0.85, 0.9, 0.95, 1.0)
