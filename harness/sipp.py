@@ -45,13 +45,11 @@ What this module must not do: compute a percentile or decide an outcome (the led
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -63,6 +61,7 @@ from pathlib import Path
 import anyio
 
 from core.events import Address
+from harness.children import terminate
 from harness.ledger import Ledger
 from harness.load import LoadSpec, schedule
 
@@ -592,15 +591,8 @@ class SippPair:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM (SIPp writes its files and exits), bounded wait, SIGKILL: by PID."""
         for process in (self.uac, self.uas):
-            if process is None or process.poll() is not None:
-                continue
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+            if process is not None:
+                terminate(process, timeout)
 
     @property
     def pids(self) -> list[int]:

@@ -100,6 +100,7 @@ import anyio
 from core.events import Address
 from core.runtime.server import ServerSettings
 from harness import sipp
+from harness.children import terminate
 from harness.ledger import Ledger
 from harness.load import LoadSpec
 from harness.targets.common import CpuWindow, DeferralRecord, UacFigures, strategy_entry
@@ -408,18 +409,12 @@ class KamailioProcess:
             left.append(pid)
         return left
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         """SIGTERM the main PID, bounded wait, SIGKILL; then kill any straggler by PID."""
         if not self._started and self.process.poll() is None:  # stopped before it answered
             self._started = {pid: _start_time(pid) for pid in children_of(self.pid)}
         try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(timeout)
+            terminate(self.process, timeout)
             deadline = time.monotonic() + timeout
             while (left := self.alive()) and time.monotonic() < deadline:
                 time.sleep(0.02)  # children exit after the main process

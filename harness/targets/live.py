@@ -50,6 +50,7 @@ from core.events import Address, Send
 from core.runtime.kernel import Kernel
 from core.runtime.server import ServerSettings
 from core.sip import SipParseError, parse_message
+from harness.children import terminate
 from harness.endpoints import Uac, Uas
 from harness.ledger import Ledger
 from harness.load import LoadSpec, schedule
@@ -152,16 +153,10 @@ class ServeProcess:
                 raise LiveTargetError("deferbench serve did not take its CPU snapshot")
             await anyio.sleep(0.002)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
-        """SIGTERM, bounded wait, SIGKILL if need be; the exit status (never hangs)."""
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
+        """SIGTERM, bounded wait, SIGKILL if need be; the exit status (None: it outlived all)."""
         try:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(timeout)
+            terminate(self.process, timeout)
         finally:
             self._log.close()
         return self.process.returncode
