@@ -58,21 +58,36 @@ class SweepPoint:
         return self.entry["cpu"]["busy_share"]
 
     def clean(self) -> bool:
+        return not self._ledger_failures()
+
+    def _ledger_failures(self) -> list[str]:
         ledger = self.entry["ledger"]
-        bad = ("lost", "duplicated", "stale", "reordered", "race_491", "timeout_408",
-               "error_5xx", "other", "unknown_events", "duplicate_open")  # fmt: skip
-        return ledger["transactions"] > 0 and not any(ledger.get(k, 0) for k in bad)
+        if not ledger["transactions"]:
+            return ["no transactions"]
+        return [f"{k}={ledger[k]}" for k in BAD_OUTCOMES if ledger.get(k, 0)]
+
+    def failures(self, bound_ms: float, e2e_bound_ms: float) -> list[str]:
+        """Which capacity criteria the point fails, named ([] = within bounds)."""
+        why = self._ledger_failures()
+        late, e2e = self.lateness_p99, self.e2e_p99
+        if late is None or late > bound_ms:
+            why.append(f"p99 lateness {_ms(late, 2)} ms > {bound_ms:g}")
+        limit = (self.entry["requested_delay_ms"] or 0.0) + e2e_bound_ms
+        if e2e is None or e2e > limit:
+            why.append(f"p99 e2e {_ms(e2e, 1)} ms > {limit:g}")
+        return why
 
     def within(self, bound_ms: float, e2e_bound_ms: float) -> bool:
-        requested = self.entry["requested_delay_ms"] or 0.0
-        late, e2e = self.lateness_p99, self.e2e_p99
-        return (
-            self.clean()
-            and late is not None
-            and late <= bound_ms
-            and e2e is not None
-            and e2e <= requested + e2e_bound_ms
-        )
+        return not self.failures(bound_ms, e2e_bound_ms)
+
+
+BAD_OUTCOMES = ("lost", "duplicated", "stale", "reordered", "race_491", "timeout_408",
+                "error_5xx", "other", "unknown_events", "duplicate_open")  # fmt: skip
+"""Ledger counts any of which puts a point out of bounds (in report order)."""
+
+
+def _ms(value: float | None, digits: int) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def parse_values(text: str) -> tuple[str, list[str]]:
