@@ -11,11 +11,9 @@ What this module must not do: fit anything, or silently fall back when a named f
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from core.runtime.costs import CostProfile
+from harness import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ADOPTED = PROJECT_ROOT / "results" / "calibration" / "profile.toml"
 BUILT_IN = "built-in"
 

@@ -50,6 +50,7 @@ from core.events import Address, Send
 from core.runtime.kernel import Kernel
 from core.runtime.server import ServerSettings
 from core.sip import SipParseError, parse_message
+from harness import PROJECT_ROOT
 from harness.children import terminate
 from harness.endpoints import Uac, Uas
 from harness.ledger import Ledger
@@ -66,7 +67,6 @@ IDLE_WINDOW = 1.0  # seconds of no traffic before the load: the idle CPU figure
 DRAIN_GRACE = 5.0  # seconds after duration + fr_timer before the run is cut off
 _POLL = 0.02
 _READY = re.compile(r"listening on (\S+):(\d+)")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class LiveTargetError(RuntimeError):
