@@ -279,8 +279,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     settings = _server_settings(args)
     costs, _ = sim_profile(args.costs)
+    rates = _rate_list(args.rates, "--rates")
     try:
-        rates = [float(r) for r in args.rates.split(",") if r.strip()]
         bound = parse_duration(args.bound) * 1e3
         e2e_bound = parse_duration(args.e2e_bound) * 1e3
     except ValueError as exc:
@@ -407,16 +407,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     settings = _server_settings(args)
     base = sim_profile(args.costs or BUILT_IN)[0]  # fits start from the hand-derived costs
+    rates = _rate_list(args.rates, "--rates")
     try:
-        rates = [float(r) for r in args.rates.split(",") if r.strip()]
         duration = parse_duration(args.duration)
     except ValueError as exc:
         raise UsageError(f"calibrate: {exc}") from None
     if args.repeat < 1:
         raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
     ladder = _capacity_rates(args.capacity_rates)
-    if not rates or any(r <= 0 for r in rates):
-        raise UsageError(f"--rates needs positive re-INVITE rates, got {args.rates!r}")
     if not duration > 0:
         raise UsageError(f"--duration must be > 0, got {args.duration!r}")
     specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
@@ -449,18 +447,25 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate_list(text: str, flag: str, alternative: str = "") -> list[float]:
+    """`R1,R2,...` re-INVITE rates of a flag: positive numbers, at least one."""
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        rates = []
+    if not rates or any(not r > 0 for r in rates):
+        also = f" {alternative}" if alternative else ""
+        raise UsageError(f"{flag} needs positive re-INVITE rates{also}, got {text!r}")
+    return rates
+
+
 def _capacity_rates(text: str) -> list[float]:
     """`--capacity-rates`: re-INVITE rates, or 'none' (no SIPp ladder); needs sipp."""
     from harness import sipp
 
     if text.strip().lower() == "none":
         return []
-    try:
-        rates = [float(r) for r in text.split(",") if r.strip()]
-    except ValueError:
-        raise UsageError(f"--capacity-rates needs numbers or 'none', got {text!r}") from None
-    if not rates or any(r <= 0 for r in rates):
-        raise UsageError(f"--capacity-rates needs positive re-INVITE rates, got {text!r}")
+    rates = _rate_list(text, "--capacity-rates", "or 'none'")
     if sipp.sipp_binary() is None:
         raise UsageError(
             "--capacity-rates: the ladder is SIPp-driven and sipp is not installed "
