@@ -131,15 +131,7 @@ def live_step(backend: str, rate: float, seconds: float, strategy: str = "inline
         serve = ServeProcess(
             strategy, backend=backend, settings=SETTINGS, workdir=work, extra=("--interval", "0s")
         )
-        try:
-
-            async def main() -> Step:
-                address = await serve.wait_ready()
-                return await _load(serve, address, rate, seconds, work)
-
-            step = anyio.run(main)
-        finally:
-            serve.stop()
+        step = _step_through(serve, rate, seconds, work)
         marks = [s for s in serve.report()["snapshots"] if str(s["label"]).startswith("usr1-")]
     cpu = marks[1]["process_cpu"] - marks[0]["process_cpu"]
     return _with_cpu(step, cpu)
@@ -152,17 +144,22 @@ def kamailio_step(rate: float, seconds: float, strategy: str = "inline") -> Step
     with tempfile.TemporaryDirectory(prefix="deferbench-sipp-kam-") as tmp:
         work = Path(tmp)
         kamailio = KamailioProcess(cfg, _subdir(work), address=settings.address, shm_mb=SIPP_SHM_MB)
-        try:
-
-            async def main() -> Step:
-                address = await kamailio.wait_ready()
-                return await _load(kamailio, address, rate, seconds, work)
-
-            step = anyio.run(main)
-        finally:
-            kamailio.stop()
+        step = _step_through(kamailio, rate, seconds, work)
         window = kamailio.window(0, 1)
     return _with_cpu(step, sum(window.busy.values()))
+
+
+def _step_through(proxy: Any, rate: float, seconds: float, work: Path) -> Step:
+    """Once `proxy` (started) answers, one SIPp step through it; `proxy` stopped after."""
+
+    async def main() -> Step:
+        address = await proxy.wait_ready()
+        return await _load(proxy, address, rate, seconds, work)
+
+    try:
+        return anyio.run(main)
+    finally:
+        proxy.stop()
 
 
 def _subdir(work: Path) -> Path:
