@@ -18,9 +18,9 @@ from typing import Any
 
 from core.runtime.costs import CostProfile
 from core.runtime.server import ServerSettings
-from harness.load import LoadSpec, parse_load
-from harness.network import Link
-from harness.results import MachineFacts, RunResult, tool_version, utc_now
+from harness.load.network import Link
+from harness.load.spec import LoadSpec, parse_load
+from harness.measure.results import MachineFacts, RunResult, tool_version, utc_now
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +41,13 @@ class Job:
 def run_job(job: Job) -> dict[str, Any]:
     """Execute one job (in whatever process the executor chose); a result-schema entry."""
     if job.target == "live":
-        from harness.targets.live import run_live
+        from harness.targets.live.target import run_live
 
         return run_live(
             job.strategy, parse_load(job.load), job.seed, job.settings, job.backend or "trio"
         )
     if job.target == "kamailio":
-        from harness.targets.kamailio import run_kamailio
+        from harness.targets.kamailio.target import run_kamailio
 
         return run_kamailio(
             job.strategy, parse_load(job.load), job.seed, job.settings, driver=job.driver

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from core.runtime.server import ServerSettings
-from harness.targets.live import ServeProcess
+from harness.targets.live.target import ServeProcess
 
 
 @pytest.fixture

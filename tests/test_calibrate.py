@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from core.runtime.costs import CostProfile
-from harness import calibrate as cal
+from harness.analysis import calibrate as cal
 
 needs_kamailio = pytest.mark.skipif(
     shutil.which("kamailio") is None and not os.environ.get("CI"),

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from harness.check import (
+from harness.analysis.check import (
     EXIT_PASS,
     EXIT_REGRESSION,
     EXIT_UNSTABLE,
@@ -21,8 +21,8 @@ from harness.check import (
     mann_whitney_u,
     render,
 )
-from harness.ledger import LedgerSummary
-from harness.results import read_result, write_result
+from harness.measure.ledger import LedgerSummary
+from harness.measure.results import read_result, write_result
 from tests.test_results import make_run, make_strategy
 
 MQ = "mqueue-rtimer:timers=12,interval=10ms"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.results import read_result
+from harness.measure.results import read_result
 
 SMALL_LOAD = "reinvite:rate=5/s,duration=2s,reinvites=3,gap=1ms,arrival=poisson"
 
@@ -152,7 +152,7 @@ def test_compare_shows_both_runs_with_ratios(small_run, capsys):
 
 
 def test_suites_ship_and_validate():
-    from harness.suites import load_suite, shipped_suites
+    from harness.load.suites import load_suite, shipped_suites
 
     assert {"default", "idle", "overload", "ci"} <= set(shipped_suites())
     for name in shipped_suites():

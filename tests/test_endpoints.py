@@ -1,4 +1,4 @@
-"""The simulated UAC and UAS (harness.endpoints), joined by an in-memory wire, no proxy.
+"""The simulated UAC and UAS (harness.load.endpoints), joined by an in-memory wire, no proxy.
 
 The wire is h11's "two endpoints and a wire": a heap of datagrams in virtual time with a
 fixed one-way delay, plus a hook that may drop or hold back a datagram, which is how a
@@ -15,8 +15,8 @@ import pytest
 
 from core.events import Address, Send
 from core.sip import SipMessage, SipRequest, SipResponse, parse_message
-from harness.endpoints import Uac, Uas
-from harness.ledger import Ledger
+from harness.load.endpoints import Uac, Uas
+from harness.measure.ledger import Ledger
 
 UAC: Address = ("10.0.0.2", 5061)
 UAS: Address = ("10.0.0.3", 5062)

@@ -1,4 +1,4 @@
-"""SIPp as the kamailio target's load driver (`--driver sipp`, `harness.sipp`).
+"""SIPp as the kamailio target's load driver (`--driver sipp`, `harness.targets.kamailio.sipp`).
 
 The parsing, ledger-mapping and plan tests need nothing. The UAS tests drive the SIPp UAS
 scenario straight over UDP, in a chosen order (they need sipp). The end-to-end runs drive
@@ -22,11 +22,11 @@ import anyio
 import pytest
 
 from core.runtime.server import ServerSettings
-from harness import cli, sipp
-from harness.load import parse_load, schedule
-from harness.sipp import SippPair, SippPlan
-from harness.targets import kamailio as target
-from harness.targets.kamailio import KamailioTargetError, kamailio_run
+from harness import cli
+from harness.load.spec import parse_load, schedule
+from harness.targets.kamailio import sipp, target
+from harness.targets.kamailio.sipp import SippPair, SippPlan
+from harness.targets.kamailio.target import KamailioTargetError, kamailio_run
 
 HAVE_SIPP = sipp.sipp_binary() is not None
 HAVE_KAMAILIO = target.kamailio_binary() is not None

@@ -18,9 +18,9 @@ import pytest
 
 from core.runtime.server import ServerSettings
 from harness import cli
-from harness.load import parse_load
-from harness.targets import kamailio as target
-from harness.targets.kamailio import (
+from harness.load.spec import parse_load
+from harness.targets.kamailio import target
+from harness.targets.kamailio.target import (
     KamailioProcess,
     KamailioTargetError,
     kamailio_run,

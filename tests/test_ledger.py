@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.ledger import OUTCOMES, Ledger, LedgerSummary
+from harness.measure.ledger import OUTCOMES, Ledger, LedgerSummary
 
 K1 = ("call-1@uac", 2)
 K2 = ("call-1@uac", 3)

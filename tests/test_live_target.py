@@ -15,10 +15,10 @@ import pytest
 import strategies
 from core.runtime.server import ServerSettings
 from harness.cli import main
-from harness.load import parse_load
-from harness.results import read_result
+from harness.load.spec import parse_load
+from harness.measure.results import read_result
 from harness.runner import Job, assemble, run_job
-from harness.targets.live import live_run
+from harness.targets.live.target import live_run
 
 LOAD = parse_load("reinvite:rate=10/s,duration=1s,reinvites=3,gap=1ms")
 SETTINGS = ServerSettings(children=4, fr_timer=3.0)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.load import (
+from harness.load.spec import (
     ARRIVALS,
     CallPlan,
     LoadError,

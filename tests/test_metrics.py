@@ -9,7 +9,7 @@ from hdrh.histogram import HdrHistogram
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.metrics import (
+from harness.measure.metrics import (
     SUMMARY_KEYS,
     Distribution,
     early_share,

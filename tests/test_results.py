@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.ledger import Ledger
-from harness.load import parse_load
-from harness.metrics import Distribution, early_share, lateness_summary
-from harness.results import (
+from harness.load.spec import parse_load
+from harness.measure.ledger import Ledger
+from harness.measure.metrics import Distribution, early_share, lateness_summary
+from harness.measure.results import (
     CSV_COLUMNS,
     SCHEMA,
     CpuFigures,

@@ -16,10 +16,10 @@ import pytest
 
 from core.runtime.kernel import Kernel
 from core.sip import parse_message
-from harness.endpoints import Uac, Uas
-from harness.ledger import Ledger
-from harness.targets.live import ServeProcess, UdpHost
-from harness.udp import UdpSocket, parse_address
+from harness.load.endpoints import Uac, Uas
+from harness.measure.ledger import Ledger
+from harness.targets.live.target import ServeProcess, UdpHost
+from harness.targets.live.udp import UdpSocket, parse_address
 
 
 def _request(

@@ -10,10 +10,10 @@ import pytest
 import strategies
 from core.runtime.kernel import Kernel, run_on_virtual_time
 from core.runtime.server import ServerSettings
-from harness.ledger import OUTCOMES
-from harness.load import LoadSpec, parse_load, schedule
-from harness.network import PROXY, UAC, UAS, Link, SimNetwork
-from harness.results import SCHEMA, RunResult
+from harness.load.network import PROXY, UAC, UAS, Link, SimNetwork
+from harness.load.spec import LoadSpec, parse_load, schedule
+from harness.measure.ledger import OUTCOMES
+from harness.measure.results import SCHEMA, RunResult
 from harness.targets.sim import DRAIN_GRACE, Links, run_idle, run_sim, simulate
 from strategies.spec import SpecError
 from tests.simkit import reinvite

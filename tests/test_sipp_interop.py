@@ -19,16 +19,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-import harness
 import strategies
 from core.runtime.kernel import Kernel
-from harness.endpoints import Uas
-from harness.ledger import Ledger
-from harness.targets.live import UdpHost
-from harness.udp import UdpSocket
+from harness.load.endpoints import Uas
+from harness.measure.ledger import Ledger
+from harness.targets.kamailio import sipp
+from harness.targets.live.target import UdpHost
+from harness.targets.live.udp import UdpSocket
 
 SIPP = shutil.which("sipp")
-SCENARIOS = Path(harness.__file__).parent / "sipp"
+SCENARIOS = sipp.SCENARIOS
 CALLS = 6
 REINVITES = 3
 

@@ -7,7 +7,8 @@ Strategies use `suspend()` and `resume()` from the process they run in; they nev
 clock kind or the network.
 
 What it must not do: touch sockets or real time (the target gives it a `transport` and an
-anyio-driven `Kernel`), or know which strategy it runs beyond the `Strategy` interface.
+anyio-driven `Kernel`), or know which strategy it runs beyond `DeferralStrategy`, the
+interface it calls (strategies implement it; the runtime never imports them).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from core.events import (
     Action,
@@ -37,9 +38,6 @@ from core.runtime.process import Compute, CpuPool, Get, Process, Program, Queue,
 from core.runtime.tasks import TaskGroup, TaskGroupConfig
 from core.sip import SipMessage, SipParseError, SipRequest, parse_message
 
-if TYPE_CHECKING:
-    from strategies.base import Strategy
-
 TICK = 0.0625
 """Kamailio's core timer tick (`TIMER_TICKS_HZ` = 16)."""
 
@@ -48,6 +46,21 @@ UDP_DATAGRAM_FOOTPRINT = 1024
 `maxbuffer` into a queue length."""
 
 Transport = Callable[[SipMessage, Address], None]
+
+
+class DeferralStrategy(Protocol):
+    """What the server calls on the strategy it runs: the runtime's side of the plug.
+
+    `install` forks the strategy's processes when the server starts; `defer` is the script's
+    deferral of one transaction, run in the SIP worker that received it; `backlog` counts
+    the deferred requests waiting in the strategy's own queues.
+    """
+
+    def install(self, server: Server) -> None: ...
+
+    def defer(self, server: Server, process: Process, txn: TxnId) -> Program: ...
+
+    def backlog(self, server: Server) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +108,7 @@ class Server:
     def __init__(
         self,
         kernel: Kernel,
-        strategy: Strategy,
+        strategy: DeferralStrategy,
         settings: ServerSettings | None = None,
         costs: CostProfile | None = None,
         transport: Transport | None = None,

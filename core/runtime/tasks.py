@@ -12,18 +12,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from core.runtime.costs import CostProfile
+from core.runtime.kernel import Kernel
 from core.runtime.process import Compute, Get, Process, Program, Put, Queue, Sleep
-
-if TYPE_CHECKING:
-    from core.runtime.server import Server
 
 Task = Callable[[Process], Program]
 """A task: given the worker process it runs in, the program of its work."""
 
 DEFAULT_TASK_CAPACITY = 278
 """Pending tasks per group at `net.core.wmem_default` = 212,992 B (≈768 B per datagram)."""
+
+
+class TaskHost(Protocol):
+    """What a task group needs of the server it belongs to (the server is one)."""
+
+    kernel: Kernel
+    costs: CostProfile
+
+    def spawn(self, role: str, name: str, program: Callable[[Process], Program]) -> Process: ...
+
+    def count(self, event: str, n: int = 1) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +48,7 @@ class TaskGroupConfig:
 class TaskGroup:
     """One task group and its worker processes."""
 
-    def __init__(self, server: Server, config: TaskGroupConfig) -> None:
+    def __init__(self, server: TaskHost, config: TaskGroupConfig) -> None:
         self.server = server
         self.config = config
         self.queue = Queue(server.kernel, f"async-tasks/{config.name}", config.capacity)

@@ -1,7 +1,7 @@
 """The sim target: one seeded load through one strategy's model, on virtual time.
 
 One `Kernel` (driven on trio's `MockClock` by `run_on_virtual_time`), one modelled Kamailio
-`Server` running the strategy, a `Uac` and a `Uas` (`harness.endpoints`) and the
+`Server` running the strategy, a `Uac` and a `Uas` (`harness.load.endpoints`) and the
 `SimNetwork` between them. Calls start at the load's seeded schedule; the run ends when
 every call has finished, or at duration + fr_timer + 5 s at the latest (a transaction
 nobody resumes is answered 408 by the fr_timer, so that bound accounts for every one).
@@ -11,7 +11,7 @@ Figures, all on virtual time:
   lateness and the early share against the strategy's requested delay.
 - e2e: intended send time of each re-INVITE -> its first final response at the UAC.
 - ledger: the UAC/UAS reports plus the server's resumes (more than one: duplicated) and
-  stale continues, closed into one outcome per re-INVITE (`harness.ledger`).
+  stale continues, closed into one outcome per re-INVITE (`harness.measure.ledger`).
 - CPU over the load window [0, duration]: modelled busy time of every process / (window ×
   cores) (`busy_share`), wake-ups per second, busy µs per re-INVITE sent in the window, and
   the same by process role. `idle_share` comes from a second run of the same server with
@@ -23,7 +23,7 @@ Figures, all on virtual time:
 
 The same seed gives the same result, except `wall_seconds` and `sim_txn_per_wall_s`.
 This module must not compute percentiles, outcomes or CPU shares itself
-(`harness.targets.common` does, for every target), and never sleeps or opens a socket.
+(`harness.measure.entry` does, for every target), and never sleeps or opens a socket.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ from core.events import Address
 from core.runtime.costs import CostProfile
 from core.runtime.kernel import Kernel, run_on_virtual_time
 from core.runtime.server import Server, ServerSettings
-from harness.endpoints import Uac, Uas
-from harness.ledger import Ledger
-from harness.load import LoadSpec, schedule
-from harness.network import UAC, UAS, Link, SimHost, SimNetwork, Wire
-from harness.targets.common import CpuWindow, DeferralRecord, strategy_entry
+from harness.load.endpoints import Uac, Uas
+from harness.load.network import UAC, UAS, Link, SimHost, SimNetwork, Wire
+from harness.load.spec import LoadSpec, schedule
+from harness.measure.entry import CpuWindow, DeferralRecord, strategy_entry
+from harness.measure.ledger import Ledger
 from strategies import parse_spec
 from strategies.base import Strategy
 

@@ -1,7 +1,8 @@
 """SIPp-driven capacity of the live proxy (and of Kamailio 5.6, measured the same way).
 
 SIPp UAC -> proxy -> SIPp UAS on 127.0.0.1 with `REINVITES` re-INVITEs per call; the
-scenarios, the run and the parsing are `harness.sipp`'s (each re-INVITE timed by the UAC
+scenarios, the run and the parsing are `harness.targets.kamailio.sipp`'s (each re-INVITE
+timed by the UAC
 scenario's own log lines, in microseconds). Each step offers one call rate for `seconds`;
 a step passes when SIPp's run is clean (every call played to the end on both sides, every
 re-INVITE answered 200, every ACK arrived: the UAS tolerates an ACK overtaken by the next
@@ -37,9 +38,9 @@ from typing import Any
 import anyio
 
 from core.runtime.server import ServerSettings
-from harness.sipp import SippFigures, SippPair, SippPlan, drive, sipp_binary
-from harness.targets.kamailio import SIPP_SHM_MB, KamailioProcess, free_udp_port
-from harness.targets.live import ServeProcess
+from harness.targets.kamailio.sipp import SippFigures, SippPair, SippPlan, drive, sipp_binary
+from harness.targets.kamailio.target import SIPP_SHM_MB, KamailioProcess, free_udp_port
+from harness.targets.live.target import ServeProcess
 from strategies import parse_spec
 
 SIPP = sipp_binary()

@@ -6,7 +6,8 @@
   re-INVITE at that rate. Driven by the harness's own UDP UAC/UAS (not SIPp: see the
   module report), each step a separate `deferbench serve` process.
 - timer fidelity: lateness of `async-sleep:ms=10` at 200 re-INVITEs/s on trio, p99.
-- SIPp capacity (`sipp_capacity`, on `harness.sipp`): SIPp UAC (10 re-INVITEs per call) ->
+- SIPp capacity (`sipp_capacity`, on `harness.targets.kamailio.sipp`): SIPp UAC
+  (10 re-INVITEs per call) ->
   `deferbench serve --strategy inline` -> SIPp UAS at increasing rates, trio and asyncio:
   the highest rate with SIPp's run clean (every call successful on both sides, every
   re-INVITE answered, every ACK arrived) and p99 re-INVITE response time < 50 ms, the proxy's
@@ -23,9 +24,9 @@ import pytest
 import sipp_capacity  # tests/benchmarks, on sys.path as the test's own directory
 
 from core.runtime.server import ServerSettings
-from harness.load import parse_load
-from harness.targets.kamailio import kamailio_binary
-from harness.targets.live import run_live
+from harness.load.spec import parse_load
+from harness.targets.kamailio.target import kamailio_binary
+from harness.targets.live.target import run_live
 
 SETTINGS = ServerSettings(children=8, fr_timer=5.0)
 RATES = (100, 200, 400, 600, 800, 1000)  # re-INVITEs per second

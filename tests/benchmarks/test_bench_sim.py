@@ -21,7 +21,7 @@ import pytest
 
 import strategies
 from core.runtime.server import ServerSettings
-from harness.load import parse_load
+from harness.load.spec import parse_load
 from harness.targets.sim import simulate
 
 LOAD = parse_load("reinvite:rate=50/s,duration=10s")

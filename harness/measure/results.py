@@ -41,7 +41,7 @@ measured or nothing to measure):
         "early_share": 0.0 | null,                   # share resumed before the requested delay
         "ledger": {"transactions","resumed","lost","duplicated","stale","reordered",
                    "race_491","timeout_408","error_5xx","retransmissions","other",
-                   "unknown_events","duplicate_open"},   # counts, see harness.ledger
+                   "unknown_events","duplicate_open"},   # counts, see harness.measure.ledger
         "cpu": {
           "busy_share": 0.12,          # busy CPU time of all processes / (wall time × cores):
                                        # 1.0 = every core of the server busy all the time
@@ -76,9 +76,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.ledger import LedgerSummary
-from harness.load import LoadSpec
-from harness.metrics import SUMMARY_KEYS, Distribution, Summary
+from harness.load.spec import LoadSpec
+from harness.measure.ledger import LedgerSummary
+from harness.measure.metrics import SUMMARY_KEYS, Distribution, Summary
 
 SCHEMA = "deferbench.result/1"
 SCHEMA_FAMILY = "deferbench.result/"

@@ -24,8 +24,8 @@ from typing import Any
 import strategies
 from core.runtime.costs import CostProfile
 from core.runtime.server import ServerSettings
-from harness.load import LoadSpec
-from harness.network import Link
+from harness.load.network import Link
+from harness.load.spec import LoadSpec
 from harness.runner import Job, Progress, execute
 from strategies.spec import SpecError
 

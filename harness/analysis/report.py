@@ -12,8 +12,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from harness import plots
-from harness.results import RunResult
+from harness.analysis import plots
+from harness.measure.results import RunResult
 
 
 def _ms(value: float | None, digits: int = 2) -> str:

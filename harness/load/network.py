@@ -16,7 +16,7 @@ The proxy core takes ownership of what it receives and edits it in place (it pop
 from responses it forwards), so a receiver attached with `owns=True` is handed a copy:
 the sender keeps the object it may retransmit unchanged.
 
-`SimHost` plugs a sans-IO endpoint (`harness.endpoints`) into the network and the kernel:
+`SimHost` plugs a sans-IO endpoint (`harness.load.endpoints`) into the network and the kernel:
 it delivers datagrams, sends what the endpoint returns, and keeps one kernel timer armed
 at the endpoint's next deadline.
 
@@ -237,7 +237,7 @@ class SimNetwork:
 
 
 class Endpoint(Protocol):
-    """What `SimHost` drives: a sans-IO UA (see `harness.endpoints`)."""
+    """What `SimHost` drives: a sans-IO UA (see `harness.load.endpoints`)."""
 
     def receive(self, message: SipMessage, source: Address, now: float) -> list[Send]: ...
 

@@ -13,7 +13,7 @@ SIGTERM; serve writes its report (snapshots, deferral records, counters) and exi
 serve process is stopped by PID in every case (bounded waits, SIGKILL as the last resort)
 and the harness's sockets closed, also when the run is interrupted.
 
-Figures (computed by `harness.targets.common`, as for every target):
+Figures (computed by `harness.measure.entry`, as for every target):
 - delay: resume − suspend of each deferral, on the proxy's clock;
 - e2e: intended send time of each re-INVITE -> its first final response, on the UAC's clock
   (coordinated omission avoided: a late UAC does not hide the wait);
@@ -51,13 +51,13 @@ from core.runtime.kernel import Kernel
 from core.runtime.server import ServerSettings
 from core.sip import SipParseError, parse_message
 from harness import PROJECT_ROOT
-from harness.children import terminate
-from harness.endpoints import Uac, Uas
-from harness.ledger import Ledger
-from harness.load import LoadSpec, schedule
-from harness.network import Endpoint, EndpointHost
-from harness.targets.common import CpuWindow, DeferralRecord, strategy_entry
-from harness.udp import UdpSocket
+from harness.load.endpoints import Uac, Uas
+from harness.load.network import Endpoint, EndpointHost
+from harness.load.spec import LoadSpec, schedule
+from harness.measure.entry import CpuWindow, DeferralRecord, strategy_entry
+from harness.measure.ledger import Ledger
+from harness.targets.children import terminate
+from harness.targets.live.udp import UdpSocket
 from strategies import parse_spec
 
 TARGET = "live"

@@ -52,9 +52,9 @@ from typing import Any
 import strategies
 from core.runtime.costs import CostProfile
 from core.runtime.server import ServerSettings
-from harness.load import LoadSpec, parse_load
-from harness.network import Link, parse_link
-from harness.sweep import SweepPoint, capacity
+from harness.analysis.sweep import SweepPoint, capacity
+from harness.load.network import Link, parse_link
+from harness.load.spec import LoadSpec, parse_load
 
 CALL_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=1ms,arrival=poisson"
 LOOPBACK = "latency=50us,jitter=20us,loss=0%"
@@ -732,7 +732,7 @@ def _kamailio_points(
 ) -> tuple[Runs, dict[str, list[dict[str, Any]]], list[tuple[PhaseFit, float]]]:  # fmt: skip
     """Kamailio's side, one run at a time (real CPU): per strategy and repeat an idle run
     (with its traced timer phases) and a run at every rate."""
-    from harness.targets.kamailio import kamailio_run
+    from harness.targets.kamailio.target import kamailio_run
     from harness.targets.sim import idle_load
 
     kam: Runs = {}
@@ -823,7 +823,7 @@ def capacity_ladder(
     runs every rate. Per strategy: {"kamailio": capacity or None, label: capacity or None,
     "steps": what failed at each rate, "why": the first failure of Kamailio and "sim"}.
     """
-    from harness.targets.kamailio import run_kamailio
+    from harness.targets.kamailio.target import run_kamailio
 
     loads = {rate: capacity_load(rate, duration).spec for rate in rates}
     kam: dict[tuple[str, float], list[dict[str, Any]]] = {}

@@ -84,7 +84,7 @@ Key = tuple[str, int]  # (Call-ID, CSeq number) of a re-INVITE
 
 
 class ReinviteObserver(Protocol):
-    """What the agents report about each re-INVITE (`harness.ledger.Ledger` is one)."""
+    """What the agents report about each re-INVITE (`harness.measure.ledger.Ledger` is one)."""
 
     def open(self, key: Key) -> None: ...
 

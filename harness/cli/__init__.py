@@ -22,13 +22,13 @@ from tabulate import tabulate
 import strategies
 from core.runtime.costs import CostProfileError
 from core.runtime.server import ServerSettings
-from harness import report
-from harness.load import LoadError, parse_load
-from harness.network import Link, parse_link
+from harness.analysis import report
+from harness.analysis.sweep import SweepError
+from harness.load.network import Link, parse_link
+from harness.load.spec import LoadError, parse_load
+from harness.load.suites import Suite, SuiteError, SuiteRun, load_suite
+from harness.measure.results import ResultError, RunResult, read_result, write_result
 from harness.profile import ADOPTED, BUILT_IN, sim_profile
-from harness.results import ResultError, RunResult, read_result, write_result
-from harness.suites import Suite, SuiteError, SuiteRun, load_suite
-from harness.sweep import SweepError
 from strategies.spec import SpecError, parse_duration
 
 EXIT_USAGE = 2
@@ -118,7 +118,7 @@ def _suite_from_args(args: argparse.Namespace) -> Suite:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import Job, assemble, execute_repeated, local_executor, text_progress
-    from harness.targets.kamailio import KamailioTargetError
+    from harness.targets.kamailio.target import KamailioTargetError
 
     if args.repeat < 1:
         raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
@@ -174,7 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _check_driver(driver: str, suite: Suite) -> None:
     """`--driver sipp`: the kamailio target only, sipp installed, loads SIPp can play."""
-    from harness import sipp
+    from harness.targets.kamailio import sipp
 
     others = sorted({run.target for run in suite.runs} - {"kamailio"})
     if others:
@@ -192,8 +192,8 @@ def _check_driver(driver: str, suite: Suite) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from harness.serve import ServeOptions, serve
-    from harness.udp import parse_address
+    from harness.targets.live.serve import ServeOptions, serve
+    from harness.targets.live.udp import parse_address
 
     if args.costs:
         raise UsageError("--costs: the live proxy does real work and charges no modelled costs")
@@ -229,7 +229,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from harness.check import check_results, render
+    from harness.analysis.check import check_results, render
 
     new = read_result(args.result)
     baseline_path = Path(args.baseline)
@@ -273,9 +273,9 @@ def _baseline_name(result: RunResult) -> str:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import json
 
-    from harness import plots
+    from harness.analysis import plots
+    from harness.analysis.sweep import capacity, run_sweep, tuning_answer
     from harness.runner import local_executor, text_progress
-    from harness.sweep import capacity, run_sweep, tuning_answer
 
     settings = _server_settings(args)
     costs, _ = sim_profile(args.costs)
@@ -401,9 +401,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from harness import calibrate as cal
+    from harness.analysis import calibrate as cal
     from harness.runner import local_executor
-    from harness.targets.kamailio import KamailioTargetError
+    from harness.targets.kamailio.target import KamailioTargetError
 
     settings = _server_settings(args)
     base = sim_profile(args.costs or BUILT_IN)[0]  # fits start from the hand-derived costs
@@ -461,7 +461,7 @@ def _rate_list(text: str, flag: str, alternative: str = "") -> list[float]:
 
 def _capacity_rates(text: str) -> list[float]:
     """`--capacity-rates`: re-INVITE rates, or 'none' (no SIPp ladder); needs sipp."""
-    from harness import sipp
+    from harness.targets.kamailio import sipp
 
     if text.strip().lower() == "none":
         return []
@@ -800,7 +800,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deferbench: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """SIPp as the load driver: scenarios, one UAC+UAS pair run by PID, and what it measured.
 
 SIPp is C: one SIPp UAC and one SIPp UAS carry 2,000+ re-INVITEs/s on two cores where the
-harness's Python UAC/UAS stop near 1,000. The flow is the harness's own (`harness.endpoints`):
+harness's Python UAC/UAS stop near 1,000. The flow is the harness's own (`harness.load.endpoints`):
 INVITE/200/ACK, `reinvites` x [gap] re-INVITE/200/ACK, [gap] BYE/200, one dialog per call,
 the UAC sending everything to the proxy (`-rsa`) and following the Record-Route.
 
@@ -40,7 +40,7 @@ every process it started by PID (SIGTERM: SIPp writes its files and exits; SIGKI
 bounded wait), also when interrupted. Nothing is killed by name.
 
 What this module must not do: compute a percentile or decide an outcome (the ledger and
-`harness.targets.common` do), or talk to anything but loopback.
+`harness.measure.entry` do), or talk to anything but loopback.
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ from pathlib import Path
 import anyio
 
 from core.events import Address
-from harness.children import terminate
-from harness.ledger import Ledger
-from harness.load import LoadSpec, schedule
+from harness.load.spec import LoadSpec, schedule
+from harness.measure.ledger import Ledger
+from harness.targets.children import terminate
 
 SCENARIOS = Path(__file__).parent / "sipp"
 RETRANS_MS = 500  # SIPp's first UDP retransmission of an INVITE/BYE (T1), doubling
@@ -112,7 +112,7 @@ def _head(name: str, comment: str) -> str:
     return (
         '<?xml version="1.0" encoding="ISO-8859-1" ?>\n'
         '<!DOCTYPE scenario SYSTEM "sipp.dtd">\n'
-        f"<!-- {comment} (harness.sipp) -->\n"
+        f"<!-- {comment} (harness.targets.kamailio.sipp) -->\n"
         f'<scenario name="{name}">\n'
     )
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import strategies
-from harness.load import LoadError, LoadSpec, parse_load
+from harness.load.spec import LoadError, LoadSpec, parse_load
 from strategies.spec import SpecError
 
 SUITES_DIR = Path(__file__).with_name("suites")

@@ -34,9 +34,9 @@ from typing import Literal
 
 from tabulate import tabulate
 
-from harness.ledger import LedgerSummary
-from harness.metrics import SUMMARY_KEYS
-from harness.results import ResultError, RunResult, StrategyResult
+from harness.measure.ledger import LedgerSummary
+from harness.measure.metrics import SUMMARY_KEYS
+from harness.measure.results import ResultError, RunResult, StrategyResult
 
 EXIT_PASS = 0
 EXIT_REGRESSION = 1

@@ -40,14 +40,15 @@ Observation:
   wakes from a sleep and blocks again switches at least once). Shares are of ONE core
   (`cores=1`), as the reference quotes them ("% of a core"). The ctl handler shows up as
   role `ctl`; it is idle except for the one psx query, made before the idle window.
-- **e2e and the ledger** come from the load driver, and `harness.targets.common` turns
+- **e2e and the ledger** come from the load driver, and `harness.measure.entry` turns
   everything into the result entry. Two drivers (`driver=`), the same Kamailio start and
   stop, idle window, three CPU snapshots (idle start, load start, load end) and trace:
   - `python` (default): the harness's own UAC and UAS, exactly as for the live target (the
     driving loop is the live target's public `drive`, with `KamailioProcess` in the place of the
     serve process). Any arrival; the strict UAS answers a re-INVITE that overtook the
     previous ACK with 491. Tops out near 1,000 re-INVITEs/s on two cores.
-  - `sipp`: one SIPp UAC and one SIPp UAS (`harness.sipp`), for 2,000+ re-INVITEs/s. The
+  - `sipp`: one SIPp UAC and one SIPp UAS (`harness.targets.kamailio.sipp`), for 2,000+
+    re-INVITEs/s. The
     load maps to `-r rate` calls/s, `-m` = the calls of the constant schedule within
     `duration`, `reinvites` re-INVITE blocks, `gap` = the pause after each ACK (whole
     ms). Only `arrival=constant`: anything SIPp cannot honour is a one-line error before
@@ -99,12 +100,12 @@ import anyio
 
 from core.events import Address
 from core.runtime.server import ServerSettings
-from harness import sipp
-from harness.children import terminate
-from harness.ledger import Ledger
-from harness.load import LoadSpec
-from harness.targets.common import CpuWindow, DeferralRecord, UacFigures, strategy_entry
-from harness.targets.live import DRAIN_GRACE, LiveRun, drive
+from harness.load.spec import LoadSpec
+from harness.measure.entry import CpuWindow, DeferralRecord, UacFigures, strategy_entry
+from harness.measure.ledger import Ledger
+from harness.targets.children import terminate
+from harness.targets.kamailio import sipp
+from harness.targets.live.target import DRAIN_GRACE, LiveRun, drive
 from strategies import parse_spec
 from strategies.base import Strategy
 from strategies.inline import TRACE_MARK

@@ -24,10 +24,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from harness.endpoints import Uac, Uas
-from harness.ledger import Ledger
-from harness.load import LoadSpec
-from harness.metrics import Distribution, early_share, lateness_summary
+from harness.load.endpoints import Uac, Uas
+from harness.load.spec import LoadSpec
+from harness.measure.ledger import Ledger
+from harness.measure.metrics import Distribution, early_share, lateness_summary
 from strategies.base import Strategy
 
 

@@ -5,7 +5,7 @@
 - deferral-delay CDFs per strategy, with the requested delay marked, so early resumes show;
 - for sweeps, p99 lateness and CPU busy share against offered re-INVITE rate.
 
-Inputs are plain series; nothing here computes a metric (that is harness.metrics' job).
+Inputs are plain series; nothing here computes a metric (that is harness.measure.metrics' job).
 Uses matplotlib's Agg backend: no display needed.
 """
 

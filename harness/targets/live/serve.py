@@ -37,7 +37,7 @@ found since the previous one)
 that the harness uses to bound its idle and load windows.
 
 What this module must not do: compute a percentile or a ledger (the harness does, with
-`harness.targets.common`), or change what the core and the strategies decide.
+`harness.measure.entry`), or change what the core and the strategies decide.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ from core.runtime.costs import CostProfile
 from core.runtime.kernel import Kernel
 from core.runtime.server import Server, ServerSettings
 from core.sip import SipMessage, SipParseError, SipRequest, make_response, parse_message
-from harness.targets.common import DeferralRecord
-from harness.udp import UdpSocket
+from harness.measure.entry import DeferralRecord
+from harness.targets.live.udp import UdpSocket
 from strategies import parse_spec
 
 LIVE_COSTS = CostProfile(**{f.name: 0.0 for f in fields(CostProfile)})
