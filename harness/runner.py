@@ -16,51 +16,27 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_complet
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.runtime.costs import CostProfile
 from core.runtime.server import ServerSettings
-from harness.load.network import Link
 from harness.load.spec import LoadSpec, parse_load
 from harness.measure.results import MachineFacts, RunResult, tool_version, utc_now
+from harness.targets import Target
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One strategy under one load: everything a worker process needs, picklable."""
+    """One strategy under one load on one target: everything a worker process needs,
+    picklable."""
 
     strategy: str
     load: str  # canonical load spec
     seed: int
     settings: ServerSettings
-    costs: CostProfile
-    target: str = "sim"
-    backend: str | None = None  # anyio backend of the live proxy (live target only)
-    network: Link | None = None  # sim: every direction of the simulated network
-    driver: str = "python"  # kamailio: who plays the UAC/UAS (python | sipp)
+    target: Target
 
 
 def run_job(job: Job) -> dict[str, Any]:
     """Execute one job (in whatever process the executor chose); a result-schema entry."""
-    if job.target == "live":
-        from harness.targets.live.target import run_live
-
-        return run_live(
-            job.strategy, parse_load(job.load), job.seed, job.settings, job.backend or "trio"
-        )
-    if job.target == "kamailio":
-        from harness.targets.kamailio.target import run_kamailio
-
-        return run_kamailio(
-            job.strategy, parse_load(job.load), job.seed, job.settings, driver=job.driver
-        )
-    if job.target != "sim":
-        raise ValueError(f"target {job.target!r} is not available in this build")
-    from harness.targets.sim import run_sim
-
-    link = job.network
-    return run_sim(
-        job.strategy, parse_load(job.load), job.seed, job.settings, job.costs,
-        uac_to_proxy=link, proxy_to_uas=link, uas_to_proxy=link, proxy_to_uac=link,
-    )  # fmt: skip
+    return job.target.run(job.strategy, parse_load(job.load), job.seed, job.settings)
 
 
 Progress = Callable[[int, int, str, float], None]
@@ -121,7 +97,7 @@ def execute_repeated(
             values = [e[name] for e in entries if e.get(name) is not None]
             if values:
                 samples[name] = values
-        if jobs[index].target == "sim":
+        if not jobs[index].target.real_clock:
             model = [_without_wall_clock(e) for e in entries]
             if any(m != model[0] for m in model[1:]):
                 raise RuntimeError(f"{jobs[index].strategy}: sim figures differ between repeats")
@@ -150,23 +126,18 @@ def assemble(
     load: LoadSpec,
     seed: int,
     settings: ServerSettings,
-    target: str,
+    target: Target,
     command: Sequence[str],
-    backend: str | None = None,
-    network: Link | None = None,
-    costs: str | None = None,
 ) -> RunResult:
-    """Wrap strategy entries into a validated `deferbench.result/1` document.
-
-    `costs`: the sim's cost profile source (`harness.profile.sim_profile`); None elsewhere.
-    """
+    """Wrap strategy entries into a validated `deferbench.result/1` document."""
+    facts = target.facts()
     document = {
         "schema": "deferbench.result/1",
         "tool_version": tool_version(),
         "created": utc_now(),
         "command": list(command),
-        "target": target,
-        "backend": backend,
+        "target": target.name,
+        "backend": facts["backend"],
         "load": {
             "spec": load.spec,
             "fields": load.fields(),
@@ -180,8 +151,8 @@ def assemble(
             "fr_timer_ms": settings.fr_timer * 1000.0,
         },
         "machine": asdict(MachineFacts.current()),
-        "network": network.describe() if network is not None else None,
-        "costs": costs,
+        "network": facts["network"],
+        "costs": facts["costs"],
         "strategies": list(entries),
     }
     return RunResult.from_json(document)

@@ -18,7 +18,7 @@ from harness.cli import main
 from harness.load.spec import parse_load
 from harness.measure.results import read_result
 from harness.runner import Job, assemble, run_job
-from harness.targets.live.target import live_run
+from harness.targets.live.target import LiveTarget, live_run
 
 LOAD = parse_load("reinvite:rate=10/s,duration=1s,reinvites=3,gap=1ms")
 SETTINGS = ServerSettings(children=4, fr_timer=3.0)
@@ -62,12 +62,10 @@ def test_every_strategy_runs_live_with_a_clean_ledger(spec, backend):
 
 
 def test_live_entry_assembles_into_a_valid_document():
-    job = Job("mqueue-rtimer", LOAD.spec, 1, SETTINGS, None, "live", "asyncio")  # type: ignore[arg-type]
-    entry = run_job(job)
-    result = assemble(
-        [entry], load=LOAD, seed=1, settings=SETTINGS, target="live", command=["test"],
-        backend="asyncio",
-    )  # fmt: skip
+    target = LiveTarget(backend="asyncio")
+    entry = run_job(Job("mqueue-rtimer", LOAD.spec, 1, SETTINGS, target))
+    result = assemble([entry], load=LOAD, seed=1, settings=SETTINGS, target=target,
+                      command=["test"])  # fmt: skip
     assert result.backend == "asyncio"
     assert result.strategies[0].ledger.clean
     assert result.strategies[0].cpu.idle_share is not None

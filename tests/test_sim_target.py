@@ -14,11 +14,12 @@ from harness.load.network import PROXY, UAC, UAS, Link, SimNetwork
 from harness.load.spec import LoadSpec, parse_load, schedule
 from harness.measure.ledger import OUTCOMES
 from harness.measure.results import SCHEMA, RunResult
-from harness.targets.sim import DRAIN_GRACE, Links, run_idle, run_sim, simulate
+from harness.targets.sim import DRAIN_GRACE, Links, SimTarget, simulate
 from strategies.spec import SpecError
 from tests.simkit import reinvite
 
 SETTINGS = ServerSettings(cores=2, children=4)
+NO_IDLE = SimTarget(measure_idle=False)  # the loaded run only: cpu.idle_share is null
 SMALL = parse_load("reinvite:rate=10/s,duration=1s,reinvites=3,gap=1ms")
 # gap 0: the re-INVITE leaves with the ACK of the previous 2xx, so only deferral keeps order
 RACY = parse_load("reinvite:rate=20/s,duration=2s,reinvites=5,gap=0ms")
@@ -87,41 +88,41 @@ def test_every_transaction_gets_exactly_one_outcome() -> None:
 
 
 def test_inline_lets_reinvites_overtake_acks_and_deferral_stops_it() -> None:
-    inline = run_sim("inline", RACY, 1, SETTINGS, measure_idle=False)
+    inline = NO_IDLE.run("inline", RACY, 1, SETTINGS)
     assert inline["ledger"]["race_491"] > 0
     assert inline["counters"]["uas: races"] == inline["ledger"]["race_491"]
     for spec in ("async-route:ms=10", "mqueue-rtimer:min_age=10ms"):
-        deferred = run_sim(spec, RACY, 1, SETTINGS, measure_idle=False)
+        deferred = NO_IDLE.run(spec, RACY, 1, SETTINGS)
         ledger = deferred["ledger"]
         assert ledger["race_491"] == 0, spec
         assert ledger["resumed"] == ledger["transactions"] == inline["ledger"]["transactions"]
 
 
 def test_same_seed_gives_the_same_result_and_another_seed_does_not() -> None:
-    first = run_sim("async-route:ms=10", RACY, 5, SETTINGS)
-    second = run_sim("async-route:ms=10", RACY, 5, SETTINGS)
+    first = SimTarget().run("async-route:ms=10", RACY, 5, SETTINGS)
+    second = SimTarget().run("async-route:ms=10", RACY, 5, SETTINGS)
     assert without_wall_clock(first) == without_wall_clock(second)
-    other = run_sim("async-route:ms=10", RACY, 6, SETTINGS)
+    other = SimTarget().run("async-route:ms=10", RACY, 6, SETTINGS)
     assert without_wall_clock(other) != without_wall_clock(first)
 
 
 def test_bytes_on_the_wire_change_nothing_but_speed() -> None:
-    objects = run_sim("inline", RACY, 2, SETTINGS, measure_idle=False)
-    serialised = run_sim("inline", RACY, 2, SETTINGS, measure_idle=False, wire="bytes")
+    objects = NO_IDLE.run("inline", RACY, 2, SETTINGS)
+    serialised = SimTarget(measure_idle=False, wire="bytes").run("inline", RACY, 2, SETTINGS)
     assert without_wall_clock(serialised) == without_wall_clock(objects)
 
 
 def test_lossy_link_causes_retransmissions_that_are_absorbed_and_counted() -> None:
     load = parse_load("reinvite:rate=20/s,duration=3s,reinvites=5,gap=1ms")
-    clean = run_sim("async-route:ms=10", load, 3, SETTINGS, measure_idle=False)
-    lossy = run_sim(
+    clean = NO_IDLE.run("async-route:ms=10", load, 3, SETTINGS)
+    lossy = simulate(
         "async-route:ms=10",
         load,
         3,
         SETTINGS,
-        proxy_to_uac=Link(loss=0.25),
+        links=Links(proxy_to_uac=Link(loss=0.25)),
         measure_idle=False,
-    )
+    ).result
     assert clean["ledger"]["retransmissions"] == 0
     assert clean["counters"].get("proxy: retransmissions_absorbed", 0) == 0
     counters = lossy["counters"]
@@ -142,9 +143,9 @@ def test_e2e_latency_is_measured_from_the_intended_send_time_under_overload() ->
     """One SIP worker blocked 10 ms per re-INVITE serves < 100/s; 200/s are offered, so
     requests queue in the socket and e2e grows far beyond the 10 ms the sleep itself takes."""
     load = parse_load("reinvite:rate=40/s,duration=2s,reinvites=5,gap=1ms,arrival=constant")
-    light = run_sim("blocking-sleep:ms=10", load, 1, SETTINGS, measure_idle=False)
+    light = NO_IDLE.run("blocking-sleep:ms=10", load, 1, SETTINGS)
     one_worker = ServerSettings(cores=2, children=1)
-    heavy = run_sim("blocking-sleep:ms=10", load, 1, one_worker, measure_idle=False)
+    heavy = NO_IDLE.run("blocking-sleep:ms=10", load, 1, one_worker)
     for result in (light, heavy):
         assert 10.0 <= result["delay_ms"]["p50"] < 10.5  # the sleep itself: ms + ε
     assert light["e2e_ms"]["p50"] < 15.0
@@ -166,7 +167,7 @@ def test_deferral_delay_lateness_and_early_share_come_from_the_server() -> None:
 
 
 def test_cpu_shares_add_up_over_the_load_window() -> None:
-    result = run_sim("mqueue-rtimer:timers=4", SMALL, 1, SETTINGS)
+    result = SimTarget().run("mqueue-rtimer:timers=4", SMALL, 1, SETTINGS)
     cpu = result["cpu"]
     roles = cpu["by_role"]
     assert set(roles) >= {"sip-worker", "timer", "slow-timer", "rtimer"}
@@ -177,7 +178,7 @@ def test_cpu_shares_add_up_over_the_load_window() -> None:
 
 
 def test_idle_case_measures_standing_cpu_and_wakeups_per_role() -> None:
-    idle = run_idle("mqueue-rtimer:timers=4,interval=10ms", 2.0, 1, SETTINGS)
+    idle = SimTarget().idle("mqueue-rtimer:timers=4,interval=10ms", 2.0, 1, SETTINGS)
     assert idle["ledger"]["transactions"] == 0 and idle["counters"]["calls planned"] == 0
     roles = idle["cpu"]["by_role"]
     # four rtimers, each waking every interval + ε (≈ 10.1 ms): just under 400/s together
@@ -187,7 +188,7 @@ def test_idle_case_measures_standing_cpu_and_wakeups_per_role() -> None:
     assert roles["sip-worker"]["wakeups_per_s"] == 0
     assert idle["cpu"]["idle_share"] == idle["cpu"]["busy_share"] > 0
     assert idle["cpu"]["per_txn_us"] is None and idle["e2e_ms"]["p50"] is None
-    control = run_idle("inline", 2.0, 1, SETTINGS)
+    control = SimTarget().idle("inline", 2.0, 1, SETTINGS)
     assert control["cpu"]["busy_share"] < idle["cpu"]["busy_share"]
 
 
@@ -216,7 +217,7 @@ def test_a_run_is_cut_off_after_duration_plus_fr_timer_and_open_ones_are_lost() 
 
 def test_unknown_strategy_is_one_line_error() -> None:
     with pytest.raises(SpecError, match="unknown strategy"):
-        run_sim("no-such-strategy", SMALL, 1, SETTINGS)
+        SimTarget().run("no-such-strategy", SMALL, 1, SETTINGS)
 
 
 def test_links_default_and_can_be_set_per_direction() -> None:
@@ -301,8 +302,8 @@ def test_queue_depth_counts_the_strategys_own_backlog():
     """One rtimer (≈99 pops/s) under 200 re-INVITEs/s backs up; twelve do not."""
     load = parse_load("reinvite:rate=40/s,duration=3s,reinvites=5,gap=1ms")
     settings = ServerSettings(cores=2)
-    starved = run_sim("mqueue-rtimer:timers=1", load, 1, settings, measure_idle=False)
-    ample = run_sim("mqueue-rtimer:timers=12", load, 1, settings, measure_idle=False)
+    starved = NO_IDLE.run("mqueue-rtimer:timers=1", load, 1, settings)
+    ample = NO_IDLE.run("mqueue-rtimer:timers=12", load, 1, settings)
     assert starved["queue_depth"]["max"] > 50
     assert ample["queue_depth"]["max"] < 10
 
@@ -314,10 +315,10 @@ def test_the_wakeup_tail_delays_hand_offs_under_traffic_but_not_idle_timers() ->
     spec = "async-route:ms=10"
     # idle: the ms timer's wake-ups are those of the profile without a tail
     assert (
-        run_idle(spec, 1.0, 1, SETTINGS, tail)["cpu"]["wakeups_per_s"]
-        == run_idle(spec, 1.0, 1, SETTINGS, CostProfile())["cpu"]["wakeups_per_s"]
+        SimTarget(tail).idle(spec, 1.0, 1, SETTINGS)["cpu"]["wakeups_per_s"]
+        == SimTarget(CostProfile()).idle(spec, 1.0, 1, SETTINGS)["cpu"]["wakeups_per_s"]
     )
     # loaded: the timer's and the task worker's wake-ups both wait, so resumes come later
-    plain = run_sim(spec, SMALL, 1, SETTINGS, CostProfile())["delay_ms"]["p50"]
-    late = run_sim(spec, SMALL, 1, SETTINGS, tail)["delay_ms"]["p50"]
+    plain = SimTarget(CostProfile()).run(spec, SMALL, 1, SETTINGS)["delay_ms"]["p50"]
+    late = SimTarget(tail).run(spec, SMALL, 1, SETTINGS)["delay_ms"]["p50"]
     assert late > plain + 1.0

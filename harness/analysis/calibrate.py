@@ -25,12 +25,13 @@ figures by process role). It fits what the measurements determine simply:
 - capacity from a ladder of rates, SIPp driving Kamailio (`capacity_ladder`).
 
 It then re-runs the sim with the fitted profile and judges each figure against the
-fidelity bounds of issue 6 (`judge`). With `repeat` > 1 every Kamailio point runs that many
-times: the fits use every run, the judged figures are medians, the capacity the median of
-each repeat's. Capacity is saturation (ledger losses, 408s, 5xx, p99 bounds): 491 glare
-races stay in the ledger but do not count against it. CPU is compared like with like: µs
-per re-INVITE, and shares of ONE core (Kamailio's are of one core; the sim's of `cores`,
-so × cores).
+fidelity bounds (`judge`: delay p50/p99 within max(10 %, 0.5 ms), early share within
+5 points, idle wake-ups/s within 10 %, capacity within 15 %). With `repeat` > 1 every
+Kamailio point runs that many times: the fits use every run, the judged figures are
+medians, the capacity the median of each repeat's. Capacity is saturation (ledger losses,
+408s, 5xx, p99 bounds): 491 glare races stay in the ledger but do not count against it.
+CPU is compared like with like: µs per re-INVITE, and shares of ONE core (Kamailio's are
+of one core; the sim's of `cores`, so × cores).
 
 This module must not change the adopted default profile itself (`--adopt` in the CLI
 does, explicitly), and runs Kamailio one job at a time (it measures real CPU); only sim
@@ -407,7 +408,7 @@ def judge(
     highest_rate: float,
     capacity_why: str = "",
 ) -> list[Check]:
-    """Each figure with a fidelity bound (issue 6) -> PASS/MISS, with a reason if known.
+    """Each figure with a fidelity bound -> PASS/MISS, with a reason if known.
 
     `capacity_why`: what failed at the first failing rate on each side (`capacity_failure`).
     """
@@ -594,12 +595,11 @@ def _sim_entry(
     costs: CostProfile, link: Link,
 ) -> dict[str, Any]:  # fmt: skip
     """One sim run (a top-level function: picklable for a process pool); load None = idle."""
-    from harness.targets.sim import run_idle, run_sim
+    from harness.targets.sim import SimTarget
 
     if load is None:
-        return run_idle(spec, duration, seed, settings, costs)
-    return run_sim(spec, parse_load(load), seed, settings, costs, uac_to_proxy=link,
-                   proxy_to_uas=link, uas_to_proxy=link, proxy_to_uac=link)  # fmt: skip
+        return SimTarget(costs).idle(spec, duration, seed, settings)
+    return SimTarget(costs, network=link).run(spec, parse_load(load), seed, settings)
 
 
 def _sims(
@@ -823,15 +823,15 @@ def capacity_ladder(
     runs every rate. Per strategy: {"kamailio": capacity or None, label: capacity or None,
     "steps": what failed at each rate, "why": the first failure of Kamailio and "sim"}.
     """
-    from harness.targets.kamailio.target import run_kamailio
+    from harness.targets.kamailio.target import KamailioTarget
 
+    kamailio = KamailioTarget(driver="sipp", idle_window=IDLE_WINDOW)
     loads = {rate: capacity_load(rate, duration).spec for rate in rates}
     kam: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for spec in specs:
         for rate in rates:
             say(f"kamailio {spec}: capacity {rate:g} re-INVITEs/s (SIPp) for {duration:g}s")
-            entry = run_kamailio(spec, parse_load(loads[rate]), seed, settings,
-                                 idle_window=IDLE_WINDOW, driver="sipp")  # fmt: skip
+            entry = kamailio.run(spec, parse_load(loads[rate]), seed, settings)
             kam[spec, rate] = [entry]
             if capacity_failure(entry):
                 break

@@ -22,11 +22,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import strategies
-from core.runtime.costs import CostProfile
 from core.runtime.server import ServerSettings
-from harness.load.network import Link
 from harness.load.spec import LoadSpec
 from harness.runner import Job, Progress, execute
+from harness.targets import Target
 from strategies.spec import SpecError
 
 _RANGE = re.compile(r"^\s*(\d+)\s*\.\.\s*(\d+)\s*$")
@@ -136,10 +135,9 @@ def run_sweep(
     load: LoadSpec,
     seed: int,
     settings: ServerSettings,
-    costs: CostProfile,
+    target: Target,
     *,
     param: str | None = None,
-    network: Link | None = None,
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> list[SweepPoint]:
@@ -150,7 +148,7 @@ def run_sweep(
     for spec, base, name, value in variants(specs, param):
         for rate in sorted(rates):
             point_load = replace(load, rate=rate / load.reinvites)
-            job = Job(spec, point_load.spec, seed, settings, costs, network=network)
+            job = Job(spec, point_load.spec, seed, settings, target)
             plan.append((spec, base, name, value, rate, job))
     entries = execute([p[-1] for p in plan], executor, progress)
     return [

@@ -20,8 +20,9 @@ from pathlib import Path
 from tabulate import tabulate
 
 import strategies
-from core.runtime.costs import CostProfileError
+from core.runtime.costs import CostProfile, CostProfileError
 from core.runtime.server import ServerSettings
+from harness import targets
 from harness.analysis import report
 from harness.analysis.sweep import SweepError
 from harness.load.network import Link, parse_link
@@ -29,6 +30,7 @@ from harness.load.spec import LoadError, parse_load
 from harness.load.suites import Suite, SuiteError, SuiteRun, load_suite
 from harness.measure.results import ResultError, RunResult, read_result, write_result
 from harness.profile import ADOPTED, BUILT_IN, sim_profile
+from harness.targets import Target, TargetError, TargetOptions
 from strategies.spec import SpecError, parse_duration
 
 EXIT_USAGE = 2
@@ -82,9 +84,6 @@ def _server_settings(args: argparse.Namespace) -> ServerSettings:
         raise UsageError(str(exc)) from None
 
 
-REAL_TARGETS = ("live", "kamailio")
-"""Targets on the real clock: no modelled costs or network, jobs run one at a time."""
-
 DEFAULT_NETWORK = "latency=1ms,jitter=1ms,loss=0%"
 """The sim network of `run` and `sweep`: each direction 1 ms ± 1 ms. With the default 1 ms
 gap, an ACK is then sometimes overtaken by the re-INVITE sent after it — the race deferral
@@ -116,9 +115,25 @@ def _suite_from_args(args: argparse.Namespace) -> Suite:
     return Suite(name, default.description, (SuiteRun(args.target, seed, load, specs),))
 
 
+def _target(name: str, args: argparse.Namespace, costs: CostProfile, source: str) -> Target:
+    """The target `name` configured from the command's flags (one-line error if a flag does
+    not apply to it)."""
+    options = TargetOptions(
+        costs=costs,
+        costs_source=source,
+        costs_named=bool(getattr(args, "costs", None)),
+        network=_network(args) if name == "sim" else None,
+        backend=getattr(args, "backend", None),
+        driver=getattr(args, "driver", None),
+    )
+    try:
+        return targets.build(name, options)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import Job, assemble, execute_repeated, local_executor, text_progress
-    from harness.targets.kamailio.target import KamailioTargetError
 
     if args.repeat < 1:
         raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
@@ -129,66 +144,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-{suite.name}"
     command = ["deferbench", *args.argv]
-    if args.costs and any(run.target in REAL_TARGETS for run in suite.runs):
-        raise UsageError(
-            "--costs: the live and kamailio targets do real work and charge no modelled costs"
-        )
-    if args.driver != "python":
-        _check_driver(args.driver, suite)
+    plan = [(run, _target(run.target, args, costs, costs_source)) for run in suite.runs]
+    try:
+        for run, target in plan:
+            target.check(run.load, run.seed)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
     executor = local_executor(args.jobs)
     progress = None if args.quiet else text_progress()
-    written = []
     try:
-        for i, run in enumerate(suite.runs, start=1):
+        for i, (run, target) in enumerate(plan, start=1):
+            jobs = [Job(spec, run.load.spec, run.seed, settings, target) for spec in run.strategies]
             # real-clock jobs run one at a time: they measure real CPU
-            live = run.target in REAL_TARGETS
-            backend = args.backend if run.target == "live" else None
-            network = None if live else _network(args)
-            driver = args.driver if run.target == "kamailio" else "python"
-            jobs = [
-                Job(spec, run.load.spec, run.seed, settings, costs, run.target, backend, network,
-                    driver)
-                for spec in run.strategies
-            ]  # fmt: skip
-            entries = execute_repeated(jobs, args.repeat, None if live else executor, progress)
-            result = assemble(
-                entries, load=run.load, seed=run.seed, settings=settings,
-                target=run.target, command=command, backend=backend, network=network,
-                costs=None if live else costs_source,
-            )  # fmt: skip
+            pool = None if target.real_clock else executor
+            entries = execute_repeated(jobs, args.repeat, pool, progress)
+            result = assemble(entries, load=run.load, seed=run.seed, settings=settings,
+                              target=target, command=command)  # fmt: skip
             directory = out if len(suite.runs) == 1 else out / f"run-{i}"
-            path = write_result(result, directory)
+            write_result(result, directory)
             if not args.no_plots:
                 report.write_plots(result, directory)
-            written.append(path)
             print(f"\n{report.headline(result)}")
             print(report.comparison_table(result))
             print(f"\n{report.reproduce_line(result)}\nwritten: {directory}/")
-    except KamailioTargetError as exc:  # e.g. not installed, or it never answered
-        raise UsageError(f"kamailio target: {exc}") from None
+    except TargetError as exc:  # e.g. not installed, or it never answered
+        raise UsageError(f"{run.target} target: {exc}") from None
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
     return 0
-
-
-def _check_driver(driver: str, suite: Suite) -> None:
-    """`--driver sipp`: the kamailio target only, sipp installed, loads SIPp can play."""
-    from harness.targets.kamailio import sipp
-
-    others = sorted({run.target for run in suite.runs} - {"kamailio"})
-    if others:
-        raise UsageError(f"--driver {driver}: the kamailio target only (not {', '.join(others)})")
-    if sipp.sipp_binary() is None:
-        raise UsageError(
-            f"--driver {driver}: sipp not found: install the Debian package sip-tester "
-            "(or set DEFERBENCH_SIPP)"
-        )
-    for run in suite.runs:
-        try:
-            sipp.plan_for(run.load, run.seed, drain=0.0)
-        except sipp.SippError as exc:
-            raise UsageError(f"--driver {driver}: {exc}") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -278,7 +262,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from harness.runner import local_executor, text_progress
 
     settings = _server_settings(args)
-    costs, _ = sim_profile(args.costs)
+    costs, source = sim_profile(args.costs)
+    target = targets.build("sim", TargetOptions(costs=costs, costs_source=source))
     rates = _rate_list(args.rates, "--rates")
     try:
         bound = parse_duration(args.bound) * 1e3
@@ -307,7 +292,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             load,
             args.seed,
             settings,
-            costs,
+            target,
             param=args.param,
             executor=executor,
             progress=None if args.quiet else text_progress(),
@@ -403,7 +388,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from harness.analysis import calibrate as cal
     from harness.runner import local_executor
-    from harness.targets.kamailio.target import KamailioTargetError
 
     settings = _server_settings(args)
     base = sim_profile(args.costs or BUILT_IN)[0]  # fits start from the hand-derived costs
@@ -428,7 +412,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             specs, rates, duration, args.seed, settings, base, repeat=args.repeat,
             capacity_rates=ladder, executor=executor, progress=say,
         )  # fmt: skip
-    except KamailioTargetError as exc:
+    except TargetError as exc:
         raise UsageError(f"kamailio target: {exc}") from None
     finally:
         if executor is not None:
@@ -436,7 +420,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     profile = cal.write(result, out, command)
     print(cal.table(result))
     print("\nfitted:\n" + "\n".join(f"  {note}" for note in result.notes))
-    print("\nfidelity (issue 6 bounds):\n" + cal.summary(result))
+    bounds = "delay max(10 %, 0.5 ms), early 5 points, wake-ups 10 %, capacity 15 %"
+    print(f"\nfidelity (within {bounds}):\n" + cal.summary(result))
     print(f"\nreproduce: {' '.join(command)}\nwritten: {out}/")
     if args.adopt:
         ADOPTED.parent.mkdir(parents=True, exist_ok=True)
@@ -551,20 +536,18 @@ def build_parser() -> argparse.ArgumentParser:
     p_run.add_argument(
         "--target",
         default="sim",
-        choices=["sim", "live", "kamailio"],
+        choices=targets.NAMES,
         help="where to run (sim: the embedded model on virtual time; live: the same proxy "
         "over UDP on 127.0.0.1, real clock, started as `deferbench serve`; kamailio: real "
         "Kamailio 5.6 on 127.0.0.1 running the strategy's generated kamailio.cfg)",
     )
     p_run.add_argument(
         "--backend",
-        default="trio",
         choices=["trio", "asyncio"],
         help="anyio backend of the live proxy (default trio; live target only)",
     )
     p_run.add_argument(
         "--driver",
-        default="python",
         choices=["python", "sipp"],
         help="who plays the UAC and UAS (kamailio target only): python, the harness's own "
         "(default); sipp, SIPp for 2,000+ re-INVITEs/s (arrival=constant only)",

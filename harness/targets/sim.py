@@ -16,7 +16,7 @@ Figures, all on virtual time:
   cores) (`busy_share`), wake-ups per second, busy µs per re-INVITE sent in the window, and
   the same by process role. `idle_share` comes from a second run of the same server with
   no traffic for `duration`, at most 10 s (the standing cost is periodic: 10 s hold
-  thousands of timer periods); `run_idle` gives the idle case in full, by role.
+  thousands of timer periods); `SimTarget.idle` gives the idle case in full, by role.
 - queue depth: datagrams waiting in the UDP socket plus the strategy's own backlog
   (`Strategy.backlog(server)`), sampled every 10 ms of the load window.
 - speed: re-INVITE transactions simulated per wall-clock second of the loaded run.
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 from core.events import Address
 from core.runtime.costs import CostProfile
@@ -41,6 +41,7 @@ from harness.load.network import UAC, UAS, Link, SimHost, SimNetwork, Wire
 from harness.load.spec import LoadSpec, schedule
 from harness.measure.entry import CpuWindow, DeferralRecord, strategy_entry
 from harness.measure.ledger import Ledger
+from harness.targets.base import TargetOptions, refuse
 from strategies import parse_spec
 from strategies.base import Strategy
 
@@ -96,41 +97,47 @@ class SimRun:
     samples: list[int] = field(default_factory=list)  # queue depth every 10 ms
 
 
-def run_sim(
-    strategy_spec: str,
-    load: LoadSpec,
-    seed: int,
-    settings: ServerSettings | None = None,
-    costs: CostProfile | None = None,
-    *,
-    uac_to_proxy: Link | None = None,
-    proxy_to_uas: Link | None = None,
-    uas_to_proxy: Link | None = None,
-    proxy_to_uac: Link | None = None,
-    wire: Wire = "objects",
-    measure_idle: bool = True,
-) -> dict[str, Any]:
-    """Drive `load` (seeded by `seed`) through `strategy_spec` on virtual time.
+@dataclass(frozen=True, slots=True)
+class SimTarget:
+    """The sim as a `harness.targets.Target`: the cost profile and network it charges.
 
-    Returns one strategy entry of the `deferbench.result/1` schema. `measure_idle=False`
-    skips the second, traffic-free run (`cpu.idle_share` is then null).
-    A load with rate 0 is the idle case: no calls, CPU and wake-ups of the idle server.
+    `measure_idle=False` skips the second, traffic-free run (`cpu.idle_share` is then null).
     """
-    links = Links(uac_to_proxy, proxy_to_uas, uas_to_proxy, proxy_to_uac)
-    run = simulate(strategy_spec, load, seed, settings, costs, links=links, wire=wire,
-                   measure_idle=measure_idle)  # fmt: skip
-    return run.result
 
+    costs: CostProfile = field(default_factory=CostProfile)
+    costs_source: str | None = None  # where `costs` came from (`harness.profile`)
+    network: Link | None = None  # every direction (None: the default link)
+    measure_idle: bool = True
+    wire: Wire = "objects"
+    name: ClassVar[str] = TARGET
+    real_clock: ClassVar[bool] = False
 
-def run_idle(
-    strategy_spec: str,
-    duration: float,
-    seed: int,
-    settings: ServerSettings | None = None,
-    costs: CostProfile | None = None,
-) -> dict[str, Any]:
-    """The idle case: the server with no traffic for `duration`; CPU and wake-ups by role."""
-    return run_sim(strategy_spec, idle_load(duration), seed, settings, costs, measure_idle=False)
+    @classmethod
+    def from_options(cls, options: TargetOptions) -> SimTarget:
+        refuse(TARGET, options, "costs")
+        return cls(options.costs or CostProfile(), options.costs_source, options.network)
+
+    def check(self, load: LoadSpec, seed: int) -> None:
+        """The sim plays any load."""
+
+    def run(
+        self, strategy: str, load: LoadSpec, seed: int, settings: ServerSettings | None = None
+    ) -> dict[str, Any]:
+        """Drive `load` through `strategy` on virtual time; one result-schema entry. A load
+        with rate 0 is the idle case: no calls, CPU and wake-ups of the idle server."""
+        links = Links(self.network, self.network, self.network, self.network)
+        return simulate(strategy, load, seed, settings, self.costs, links=links,
+                        wire=self.wire, measure_idle=self.measure_idle).result  # fmt: skip
+
+    def idle(
+        self, strategy: str, duration: float, seed: int, settings: ServerSettings | None = None
+    ) -> dict[str, Any]:
+        """The server with no traffic for `duration`; CPU and wake-ups by role."""
+        return replace(self, measure_idle=False).run(strategy, idle_load(duration), seed, settings)
+
+    def facts(self) -> dict[str, Any]:
+        network = self.network.describe() if self.network is not None else None
+        return {"backend": None, "network": network, "costs": self.costs_source}
 
 
 def idle_load(duration: float) -> LoadSpec:
@@ -151,7 +158,7 @@ def simulate(
     wire: Wire = "objects",
     measure_idle: bool = True,
 ) -> SimRun:
-    """`run_sim`, keeping the server, ledger, endpoints and network for inspection."""
+    """`SimTarget.run`, keeping the server, ledger, endpoints and network for inspection."""
     strategy = parse_spec(strategy_spec)  # SpecError (one line) before anything runs
     settings = replace(settings or ServerSettings(), seed=seed)
     costs = costs or CostProfile()

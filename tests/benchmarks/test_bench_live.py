@@ -12,7 +12,7 @@
   the highest rate with SIPp's run clean (every call successful on both sides, every
   re-INVITE answered, every ACK arrived) and p99 re-INVITE response time < 50 ms, the proxy's
   CPU per re-INVITE there; then Kamailio 5.6 running the `inline` cfg at that same rate, in
-  the same run, for the CPU ratio (issue 5's goals: >= 1,000/s, <= 3x Kamailio's CPU).
+  the same run, for the CPU ratio (the goals: >= 1,000/s, <= 3x Kamailio's CPU).
 
 The figures go to `benchmark.extra_info` and stdout; the machine is shared, so they are
 noisy: compare runs on the same machine only.
@@ -26,7 +26,7 @@ import sipp_capacity  # tests/benchmarks, on sys.path as the test's own director
 from core.runtime.server import ServerSettings
 from harness.load.spec import parse_load
 from harness.targets.kamailio.target import kamailio_binary
-from harness.targets.live.target import run_live
+from harness.targets.live.target import LiveTarget
 
 SETTINGS = ServerSettings(children=8, fr_timer=5.0)
 RATES = (100, 200, 400, 600, 800, 1000)  # re-INVITEs per second
@@ -36,7 +36,7 @@ E2E_P99_BOUND_MS = 50.0
 def _step(backend: str, reinvite_rate: int) -> dict:
     calls = reinvite_rate / 10
     load = parse_load(f"reinvite:rate={calls:g}/s,duration=3s,reinvites=10,gap=1ms")
-    return run_live("inline", load, 1, SETTINGS, backend, idle_window=0.2)
+    return LiveTarget(backend, idle_window=0.2).run("inline", load, 1, SETTINGS)
 
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
@@ -69,7 +69,7 @@ def test_bench_live_timer_fidelity_async_sleep(benchmark):
 
     def run() -> None:
         load = parse_load("reinvite:rate=20/s,duration=5s,reinvites=10,gap=1ms")
-        holder["entry"] = run_live("async-sleep:ms=10", load, 1, SETTINGS, "trio", idle_window=0.2)
+        holder["entry"] = LiveTarget(idle_window=0.2).run("async-sleep:ms=10", load, 1, SETTINGS)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     entry = holder["entry"]
@@ -81,8 +81,8 @@ def test_bench_live_timer_fidelity_async_sleep(benchmark):
 
 SIPP_RATES = (400, 600, 800, 1000, 1200, 1500)  # re-INVITEs per second
 SIPP_STEP_SECONDS = 4.0
-GOAL_RATE = 1000  # re-INVITEs/s, issue 5
-GOAL_CPU_RATIO = 3.0  # live CPU per re-INVITE / Kamailio's, issue 5
+GOAL_RATE = 1000  # re-INVITEs/s
+GOAL_CPU_RATIO = 3.0  # live CPU per re-INVITE / Kamailio's
 
 
 def test_bench_live_sipp_capacity_inline_vs_kamailio(benchmark):

@@ -94,7 +94,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 
@@ -103,6 +103,7 @@ from core.runtime.server import ServerSettings
 from harness.load.spec import LoadSpec
 from harness.measure.entry import CpuWindow, DeferralRecord, UacFigures, strategy_entry
 from harness.measure.ledger import Ledger
+from harness.targets.base import TargetError, TargetOptions, refuse
 from harness.targets.children import terminate
 from harness.targets.kamailio import sipp
 from harness.targets.live.target import DRAIN_GRACE, LiveRun, drive
@@ -125,7 +126,7 @@ _TRACE = re.compile(
 _TIMER_PASS = re.compile(rf"{TRACE_MARK} timer-pass (\d+)\.(\d+) (\d+)")  # $TV(Sn) $pp
 
 
-class KamailioTargetError(RuntimeError):
+class KamailioTargetError(TargetError):
     """Kamailio could not be found, started or observed (one line, names the cause)."""
 
 
@@ -548,20 +549,47 @@ class KamailioRun:
     sipp: sipp.SippFigures | None = None  # what SIPp measured (sipp driver)
 
 
-def run_kamailio(
-    strategy_spec: str,
-    load: LoadSpec,
-    seed: int,
-    settings: ServerSettings | None = None,
-    *,
-    idle_window: float = IDLE_WINDOW,
-    driver: str = "python",
-) -> dict[str, Any]:
-    """Drive `load` through Kamailio running `strategy_spec`'s cfg; a result-schema entry.
-    `driver`: "python" (the harness's UAC/UAS) or "sipp" (see the module docstring)."""
-    return kamailio_run(
-        strategy_spec, load, seed, settings, idle_window=idle_window, driver=driver
-    ).result
+@dataclass(frozen=True, slots=True)
+class KamailioTarget:
+    """Real Kamailio as a `harness.targets.Target`, with the load played by `driver`:
+    "python" (the harness's UAC/UAS) or "sipp" (see the module docstring)."""
+
+    driver: str = "python"
+    idle_window: float = IDLE_WINDOW
+    name: ClassVar[str] = "kamailio"
+    real_clock: ClassVar[bool] = True
+
+    @classmethod
+    def from_options(cls, options: TargetOptions) -> KamailioTarget:
+        refuse("kamailio", options, "driver")
+        driver = options.driver or "python"
+        if driver not in DRIVERS:
+            raise KamailioTargetError(f"driver {driver!r}: use one of {', '.join(DRIVERS)}")
+        return cls(driver)
+
+    def check(self, load: LoadSpec, seed: int) -> None:
+        """SIPp installed and able to play `load`, when it is the driver."""
+        if self.driver != "sipp":
+            return
+        if sipp.sipp_binary() is None:
+            raise KamailioTargetError(
+                "--driver sipp: sipp not found: install the Debian package sip-tester "
+                "(or set DEFERBENCH_SIPP)"
+            )
+        try:
+            sipp.plan_for(load, seed, drain=0.0)
+        except sipp.SippError as exc:
+            raise KamailioTargetError(f"--driver sipp: {exc}") from None
+
+    def run(
+        self, strategy: str, load: LoadSpec, seed: int, settings: ServerSettings | None = None
+    ) -> dict[str, Any]:
+        """Drive `load` through Kamailio running `strategy`'s cfg; a result-schema entry."""
+        return kamailio_run(strategy, load, seed, settings, idle_window=self.idle_window,
+                            driver=self.driver).result  # fmt: skip
+
+    def facts(self) -> dict[str, Any]:
+        return {"backend": None, "network": None, "costs": None}
 
 
 def kamailio_run(
@@ -573,7 +601,7 @@ def kamailio_run(
     idle_window: float = IDLE_WINDOW,
     driver: str = "python",
 ) -> KamailioRun:
-    """`run_kamailio`, keeping the ledger, the trace, the log and the PIDs for inspection."""
+    """`KamailioTarget.run`, keeping the ledger, the trace, the log and the PIDs for inspection."""
     strategy = parse_spec(strategy_spec)  # SpecError (one line) before anything starts
     settings = replace(settings or ServerSettings(), address=("127.0.0.1", free_udp_port()))
     plan = _sipp_plan(load, seed, settings) if driver == "sipp" else None  # before Kamailio

@@ -42,7 +42,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 
@@ -56,6 +56,7 @@ from harness.load.network import Endpoint, EndpointHost
 from harness.load.spec import LoadSpec, schedule
 from harness.measure.entry import CpuWindow, DeferralRecord, strategy_entry
 from harness.measure.ledger import Ledger
+from harness.targets.base import TargetError, TargetOptions, refuse
 from harness.targets.children import terminate
 from harness.targets.live.udp import UdpSocket
 from strategies import parse_spec
@@ -69,7 +70,7 @@ _POLL = 0.02
 _READY = re.compile(r"listening on (\S+):(\d+)")
 
 
-class LiveTargetError(RuntimeError):
+class LiveTargetError(TargetError):
     """The live proxy could not be started or did not report (one line, names the cause)."""
 
 
@@ -220,17 +221,32 @@ class LiveRun:
     serve_pid: int = 0
 
 
-def run_live(
-    strategy_spec: str,
-    load: LoadSpec,
-    seed: int,
-    settings: ServerSettings | None = None,
-    backend: str = "trio",
-    *,
-    idle_window: float = IDLE_WINDOW,
-) -> dict[str, Any]:
-    """Drive `load` through the live proxy running `strategy_spec`; a result-schema entry."""
-    return live_run(strategy_spec, load, seed, settings, backend, idle_window=idle_window).result
+@dataclass(frozen=True, slots=True)
+class LiveTarget:
+    """The live proxy as a `harness.targets.Target`, on one anyio backend."""
+
+    backend: str = "trio"
+    idle_window: float = IDLE_WINDOW
+    name: ClassVar[str] = "live"
+    real_clock: ClassVar[bool] = True
+
+    @classmethod
+    def from_options(cls, options: TargetOptions) -> LiveTarget:
+        refuse("live", options, "backend")
+        return cls(options.backend or "trio")
+
+    def check(self, load: LoadSpec, seed: int) -> None:
+        """The Python endpoints play any load."""
+
+    def run(
+        self, strategy: str, load: LoadSpec, seed: int, settings: ServerSettings | None = None
+    ) -> dict[str, Any]:
+        """Drive `load` through the live proxy running `strategy`; a result-schema entry."""
+        return live_run(strategy, load, seed, settings, self.backend,
+                        idle_window=self.idle_window).result  # fmt: skip
+
+    def facts(self) -> dict[str, Any]:
+        return {"backend": self.backend, "network": None, "costs": None}
 
 
 def live_run(
@@ -243,7 +259,7 @@ def live_run(
     idle_window: float = IDLE_WINDOW,
     serve_args: tuple[str, ...] = (),
 ) -> LiveRun:
-    """`run_live`, keeping the ledger, endpoints and serve's report for inspection."""
+    """`LiveTarget.run`, keeping the ledger, endpoints and serve's report for inspection."""
     strategy = parse_spec(strategy_spec)  # SpecError (one line) before anything starts
     settings = settings or ServerSettings()
     started = time.perf_counter()

@@ -1,0 +1,66 @@
+"""The one interface every target implements, and the options that configure one.
+
+Targets import this module; it imports no target (`harness.targets.build` picks one by name).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from core.runtime.costs import CostProfile
+    from core.runtime.server import ServerSettings
+    from harness.load.network import Link
+    from harness.load.spec import LoadSpec
+
+
+class TargetError(RuntimeError):
+    """A target could not start, observe or drive its server, or cannot play a load (one
+    line that names the cause)."""
+
+
+class Target(Protocol):
+    """One engine behind `--target`: picklable, so a process pool can run it."""
+
+    name: str
+    real_clock: bool  # measures real CPU: its runs go one at a time, never in parallel
+
+    def check(self, load: LoadSpec, seed: int) -> None:
+        """Raise `TargetError` if this target cannot play `load`, before anything starts."""
+
+    def run(
+        self, strategy: str, load: LoadSpec, seed: int, settings: ServerSettings
+    ) -> dict[str, Any]:
+        """Drive `load` (seeded by `seed`) through `strategy`; one result-schema entry."""
+        ...
+
+    def facts(self) -> dict[str, Any]:
+        """What a result document records about the engine: backend, network, costs."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TargetOptions:
+    """The command-line options that configure a target; each target takes its own and
+    refuses the others by name (None: not given)."""
+
+    costs: CostProfile | None = None
+    costs_source: str | None = None  # where `costs` came from, as results record it
+    costs_named: bool = False  # the user asked for a cost profile (--costs)
+    network: Link | None = None
+    backend: str | None = None
+    driver: str | None = None
+
+
+def refuse(target: str, options: TargetOptions, *allowed: str) -> None:
+    """One-line error for an option `target` does not take: the real targets charge no
+    modelled costs, only the live proxy has a backend, only Kamailio a load driver."""
+    if options.costs_named and "costs" not in allowed:
+        raise TargetError(
+            f"--costs: the {target} target does real work and charges no modelled costs"
+        )
+    if options.backend is not None and "backend" not in allowed:
+        raise TargetError(f"--backend {options.backend}: the live target only (not {target})")
+    if options.driver not in (None, "python") and "driver" not in allowed:
+        raise TargetError(f"--driver {options.driver}: the kamailio target only (not {target})")
