@@ -41,6 +41,9 @@ def routing_script(
     retransmissions absorbed before any deferral, in-dialog requests loose-routed, an
     in-dialog re-INVITE sent to `route[DEFER]` (the strategy's `defer` body), everything else
     relayed at once. `core` lines go after `children`, `routes` after the base routes.
+
+    It is longer than the limit on purpose: the body is one cfg template, read top to
+    bottom as the file Kamailio gets; cut into pieces it could no longer be read as one.
     """
     if settings is None:
         from core.runtime.server import ServerSettings  # the server needs the proxy core
