@@ -1,9 +1,10 @@
 """Grammar of SIP header values (RFC 3261 §25): URIs, name-addrs, Via, CSeq, comma lists.
 
-`core.sip` uses this module twice: once, at parse time, to *validate* whole header values with
-one compiled regex each (cheap, builds no objects), and later, on access, to *parse* a value
-into a frozen value type. Both are built from the same grammar pieces, so whatever the
-validator accepts the parser accepts too; a parsed message never raises from an accessor.
+The message layer uses this module twice: `core.sip_parser`, at parse time, to *validate*
+whole header values with one compiled regex each (cheap, builds no objects), and
+`core.sip_message`, on access, to *parse* a value into a frozen value type. Both are built
+from the same grammar pieces, so whatever the validator accepts the parser accepts too; a
+parsed message never raises from an accessor.
 
 Import from `core.sip`; this module must not know about messages, I/O or transactions.
 """
