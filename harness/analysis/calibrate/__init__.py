@@ -1,0 +1,142 @@
+"""Calibration: the same loads on sim and real Kamailio, a cost profile fitted to Kamailio.
+
+`calibrate` runs every (strategy, re-INVITE rate) on the kamailio target, then on the sim
+with the starting profile, plus one traffic-free run per strategy on each side (the idle
+figures by process role). It fits what the measurements determine simply:
+
+- timer passes from Kamailio's *idle* timer roles: a role of `n` processes with `w`
+  wake-ups/s and `b` µs of CPU per second costs `b / w` µs per pass (`fit_timer`).
+- the sleep overshoot ε, its jitter and the fork gaps from traced passes of the rtimer
+  processes (`mqueue-rtimer`'s cfg logs passes 101-120 of each process with `trace=True`):
+  period = interval + ε + pass; the gaps between the bunched phases are fork gaps; the
+  spread of each period around the pool's mean is the jitter that drifts them
+  (`fit_phases`). Without that trace, ε comes from the idle role's period `n / w` − interval
+  − pass, where wake-ups are context switches (a pass that blocks on a lock switches twice).
+- request/response/relay/reply/retransmission costs from `inline`: the ratio of Kamailio's
+  marginal CPU per re-INVITE (loaded CPU per re-INVITE minus the idle CPU spread over the
+  rate's re-INVITEs, `marginal_us`) to the sim's scales those costs (`fit_scale`).
+- `t_suspend` + `t_continue` from the deferring strategies: the CPU per re-INVITE Kamailio
+  spends above `inline` at the same rate, not yet explained by the sim, is charged to them
+  (`fit_deferral`).
+- the wake-up tail (stalls of the cores under traffic) from the p50/p99 delay excess of
+  the single-wake-up strategies over the sim (`fit_wakeup_tail`), and the share of it
+  common to all processes from mqueue-rtimer's p50, whose phases it bunches or not
+  (`fit_common_stalls`: that p50 is then fitted, not predicted).
+- capacity from a ladder of rates, SIPp driving Kamailio (`capacity_ladder`).
+
+It then re-runs the sim with the fitted profile and judges each figure against the
+fidelity bounds (`judge`: delay p50/p99 within max(10 %, 0.5 ms), early share within
+5 points, idle wake-ups/s within 10 %, capacity within 15 %). With `repeat` > 1 every
+Kamailio point runs that many times: the fits use every run, the judged figures are
+medians, the capacity the median of each repeat's. Capacity is saturation (ledger losses,
+408s, 5xx, p99 bounds): 491 glare races stay in the ledger but do not count against it.
+CPU is compared like with like: µs per re-INVITE, and shares of ONE core (Kamailio's are
+of one core; the sim's of `cores`, so × cores).
+
+The package is split by concept, each module importing only the ones below it: `fit`
+(the arithmetic; imports none of the others), `runs` (Kamailio's side, the sim's, the
+capacity ladder; imports `fit`), `report` (figures, verdicts, table, summary, files;
+imports `fit`) and `pipeline` (`calibrate`, the order of the steps; imports all three).
+This `__init__` only re-exports their public names (`cal.calibrate`, `cal.write`,
+`cal.table`, `cal.summary`, ...) and must hold no logic of its own.
+
+Nothing here changes the adopted default profile itself (`--adopt` in the CLI does,
+explicitly), and Kamailio runs one job at a time (it measures real CPU); only sim runs go
+to the executor.
+"""
+
+from harness.analysis.calibrate.fit import (
+    COMMON_GRID,
+    DEFERRAL_COSTS,
+    MESSAGE_COSTS,
+    OVERSHOOT_ROLES,
+    SINGLE_WAKE,
+    TIMER_COSTS,
+    PhaseFit,
+    TimerFit,
+    fit_common_stalls,
+    fit_deferral,
+    fit_from_runs,
+    fit_phases,
+    fit_scale,
+    fit_timer,
+    fit_wakeup_tail,
+    fitted_profile,
+    marginal_us,
+)
+from harness.analysis.calibrate.pipeline import calibrate
+from harness.analysis.calibrate.report import (
+    KNOWN_DELAY_CAUSES,
+    ROWS,
+    Calibration,
+    Check,
+    core_share,
+    figures,
+    judge,
+    median_figures,
+    profile_toml,
+    summary,
+    table,
+    write,
+)
+from harness.analysis.calibrate.runs import (
+    BOUND_MS,
+    CALL_SHAPE,
+    CAPACITY_SHAPE,
+    E2E_BOUND_MS,
+    IDLE_WINDOW,
+    LOOPBACK,
+    Progress,
+    Runs,
+    capacities,
+    capacity_failure,
+    capacity_ladder,
+    capacity_load,
+    load_for,
+)
+
+__all__ = [
+    "BOUND_MS",
+    "CALL_SHAPE",
+    "CAPACITY_SHAPE",
+    "COMMON_GRID",
+    "DEFERRAL_COSTS",
+    "E2E_BOUND_MS",
+    "IDLE_WINDOW",
+    "KNOWN_DELAY_CAUSES",
+    "LOOPBACK",
+    "MESSAGE_COSTS",
+    "OVERSHOOT_ROLES",
+    "ROWS",
+    "SINGLE_WAKE",
+    "TIMER_COSTS",
+    "Calibration",
+    "Check",
+    "PhaseFit",
+    "Progress",
+    "Runs",
+    "TimerFit",
+    "calibrate",
+    "capacities",
+    "capacity_failure",
+    "capacity_ladder",
+    "capacity_load",
+    "core_share",
+    "figures",
+    "fit_common_stalls",
+    "fit_deferral",
+    "fit_from_runs",
+    "fit_phases",
+    "fit_scale",
+    "fit_timer",
+    "fit_wakeup_tail",
+    "fitted_profile",
+    "judge",
+    "load_for",
+    "marginal_us",
+    "median_figures",
+    "profile_toml",
+    "summary",
+    "table",
+    "write",
+]

@@ -1,0 +1,394 @@
+"""Calibration, the fitting: the costs of a sim profile from what Kamailio measured.
+
+Timer passes and the sleep overshoot ε from the idle timer roles (`fit_timer`) and traced
+rtimer phases (`fit_phases`); message costs and t_suspend + t_continue from marginal CPU per
+re-INVITE (`fit_scale`, `fit_deferral`); the wake-up tail from delay excesses
+(`fit_wakeup_tail`) and its common share from mqueue-rtimer's p50 (`fit_common_stalls`);
+all of them gathered into one profile (`fitted_profile`, `fit_from_runs`).
+
+Arithmetic on figures and result entries only: it must not run a target (the runs module
+does), judge, format or write anything (the report module does), and it imports neither.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+import strategies
+from core.runtime.costs import CostProfile
+
+MESSAGE_COSTS = ("request", "response", "retransmission", "relay", "reply")
+DEFERRAL_COSTS = ("t_suspend", "t_continue")
+TIMER_COSTS = {"rtimer": "rtimer_pass", "async-ms-timer": "async_ms_pass",
+               "async-timer": "async_s_pass"}  # fmt: skip
+OVERSHOOT_ROLES = ("rtimer", "async-ms-timer")  # short periods: ε is resolvable from them
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFit:
+    """One timer role at idle: what a pass costs and how late its sleeps return."""
+
+    role: str
+    processes: int
+    interval_s: float
+    wakeups_per_s: float
+    busy_core_share: float  # share of ONE core
+
+    @property
+    def pass_us(self) -> float:
+        return self.busy_core_share * 1e6 / self.wakeups_per_s
+
+    @property
+    def period_s(self) -> float:
+        return self.processes / self.wakeups_per_s
+
+    @property
+    def overshoot_us(self) -> float:
+        """ε = period − interval − pass (negative: more wake-ups than passes)."""
+        return (self.period_s - self.interval_s) * 1e6 - self.pass_us
+
+
+def fit_timer(
+    role: str, processes: int, interval_s: float, wakeups_per_s: float, busy_core_share: float
+) -> TimerFit | None:
+    """A `TimerFit`, or None when the role never woke (nothing to fit)."""
+    if processes < 1 or wakeups_per_s <= 0 or interval_s <= 0:
+        return None
+    return TimerFit(role, processes, interval_s, wakeups_per_s, busy_core_share)
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseFit:
+    """A timer pool's phases from its processes' traced passes (`timer-pass` lines, about
+    1 s after the fork, when startup's contention has passed).
+
+    Kamailio's rtimer phases stay bunched: one fork apart, then drifting slowly. Taken
+    mod the period, the phases leave one large empty gap (the rest of the period); the
+    other gaps between neighbours are what the forks left (`fork_gap_us`, and their
+    coefficient of variation `fork_gap_spread`). Pass-to-pass periods give ε (period =
+    interval + ε + pass). How a process's period deviates from the pool's mean in the
+    same pass (`relative_steps_us`) is the independent part of ε that makes phases drift:
+    modelled uniform on ± jitter, whose interquartile range is exactly `jitter`.
+    """
+
+    role: str
+    processes: int
+    phase_gaps_us: tuple[float, ...]
+    periods_us: tuple[float, ...]
+    relative_steps_us: tuple[float, ...]
+
+    @property
+    def fork_gap_us(self) -> float:
+        return statistics.mean(self.phase_gaps_us)
+
+    @property
+    def fork_gap_spread(self) -> float:
+        """The gaps' coefficient of variation, capped at 1 (1: exponential gaps)."""
+        mean = self.fork_gap_us
+        return min(1.0, statistics.pstdev(self.phase_gaps_us) / mean) if mean > 0 else 0.0
+
+    @property
+    def period_us(self) -> float:
+        return statistics.median(self.periods_us)
+
+    @property
+    def jitter_us(self) -> float:
+        q1, _, q3 = statistics.quantiles(self.relative_steps_us, n=4, method="inclusive")
+        return q3 - q1
+
+
+def fit_phases(role: str, passes: Mapping[int, Sequence[float]]) -> PhaseFit | None:
+    """A `PhaseFit` from PID -> pass times (s); None without two processes with two passes."""
+    runs = [sorted(times) for times in passes.values() if len(times) >= 2]
+    if len(runs) < 2:
+        return None
+    periods = tuple((b - a) * 1e6 for times in runs for a, b in pairwise(times))
+    period = statistics.median(periods)
+    start = min(times[0] for times in runs)
+    phases = sorted(((times[0] - start) * 1e6) % period for times in runs)
+    gaps = sorted([b - a for a, b in pairwise(phases)] + [period - phases[-1] + phases[0]])
+    n = min(len(times) for times in runs)
+    mean = [statistics.mean(times[k] for times in runs) for k in range(n)]
+    steps = tuple(
+        ((times[k + 1] - mean[k + 1]) - (times[k] - mean[k])) * 1e6
+        for times in runs
+        for k in range(n - 1)
+    )
+    return PhaseFit(role, len(runs), tuple(gaps[:-1]), periods, steps)
+
+
+def marginal_us(per_txn_us: float, idle_core_share: float, reinvite_rate: float) -> float:
+    """CPU per re-INVITE above the standing (idle) cost, which the rate spreads over calls."""
+    return per_txn_us - idle_core_share * 1e6 / reinvite_rate
+
+
+def fit_scale(measured: Iterable[float], modelled: Iterable[float]) -> float | None:
+    """The median ratio measured / modelled over pairs with a positive model figure."""
+    ratios = [m / s for m, s in zip(measured, modelled, strict=True) if s > 0 and m > 0]
+    return statistics.median(ratios) if ratios else None
+
+
+def fit_deferral(
+    kamailio_extra_us: Iterable[float], sim_extra_us: Iterable[float], profile: CostProfile
+) -> float | None:
+    """New t_suspend + t_continue (µs): the unexplained extra CPU per deferral goes to them.
+
+    `*_extra_us`: marginal CPU per re-INVITE of a deferring strategy minus inline's at the
+    same rate, pairwise; the sim's with `profile`. Median over pairs; never below 0.
+    """
+    base = profile.t_suspend + profile.t_continue
+    gaps = [k - s for k, s in zip(kamailio_extra_us, sim_extra_us, strict=True)]
+    if not gaps:
+        return None
+    return max(0.0, base + statistics.median(gaps))
+
+
+SINGLE_WAKE = ("blocking-sleep", "async-task")
+"""Strategies whose deferral is ONE wake-up (a usleep return; a task worker's read): their
+delay in excess of the sim's is that wake-up's scheduling latency (`fit_wakeup_tail`)."""
+
+
+def fit_wakeup_tail(excess_p50_ms: float, excess_p99_ms: float) -> tuple[float, float] | None:
+    """(mean tail µs, share) of a wake-up latency X that is 0, or with probability `share`
+    exponential, so that X's median and p99 are the excesses (Kamailio − sim) given.
+
+    P(X > x) = share·exp(−x/T): share·exp(−p50/T) = 0.5 and share·exp(−p99/T) = 0.01;
+    a median excess ≤ 0 takes share = 0.5; a share above 1 is capped and T fits p99 alone.
+    None when the p99 excess is not positive (nothing to add).
+    """
+    e50, e99 = max(0.0, excess_p50_ms), excess_p99_ms
+    if e99 <= e50:
+        return None
+    tail = (e99 - e50) / math.log(50)
+    share = 0.5 * math.exp(e50 / tail)
+    if share > 1.0:
+        share, tail = 1.0, e99 / math.log(100)
+    return tail * 1e3, share
+
+
+def fitted_profile(
+    base: CostProfile,
+    timers: Sequence[TimerFit],
+    message_scale: float | None,
+    deferral_total_us: float | None,
+    phases: Sequence[tuple[PhaseFit, float]] = (),
+    wakeup_tails: Sequence[tuple[float, float]] = (),
+) -> tuple[CostProfile, list[str]]:
+    """`base` with every cost the measurements determine replaced; and how each was set.
+
+    `wakeup_tails`: (mean µs, share) fits of single-wake-up points; their medians are used.
+
+    `phases`: (phase fit, the timer's interval in s) pairs; when given, ε and its jitter
+    come from their traced periods (direct) instead of context switches (a proxy).
+    """
+    values: dict[str, float] = {}
+    notes: list[str] = []
+    for role, name in TIMER_COSTS.items():
+        fits = [f for f in timers if f.role == role]
+        if fits:
+            values[name] = statistics.mean(f.pass_us for f in fits)
+            notes.append(f"{name} = {values[name]:.1f} µs: idle CPU / wake-ups of {role}")
+    if phases:
+        passes = {f.role: values.get(TIMER_COSTS[f.role], getattr(base, TIMER_COSTS[f.role]))
+                  for f, _ in phases}  # fmt: skip
+        eps = [f.period_us - interval * 1e6 - passes[f.role] for f, interval in phases]
+        what = "median traced period − interval − pass"
+    else:
+        eps = [f.overshoot_us for f in timers if f.role in OVERSHOOT_ROLES]
+        what = "period − interval − pass (from context switches)"
+    if eps:
+        raw = statistics.median(eps)
+        values["sleep_overshoot"] = max(0.0, raw)
+        roles = {f.role for f, _ in phases} or {f.role for f in timers if f.role in OVERSHOOT_ROLES}
+        notes.append(
+            f"sleep_overshoot = {values['sleep_overshoot']:.1f} µs: {what} of "
+            f"{', '.join(sorted(roles))}" + (f" (raw {raw:.1f} µs < 0: clamped)" if raw < 0 else "")
+        )
+    if phases:
+        fits = [f for f, _ in phases]
+        values["sleep_overshoot_jitter"] = statistics.median(f.jitter_us for f in fits)
+        values["fork_gap"] = statistics.median(f.fork_gap_us for f in fits)
+        values["fork_gap_spread"] = statistics.median(f.fork_gap_spread for f in fits)
+        notes.append(
+            f"sleep_overshoot_jitter = {values['sleep_overshoot_jitter']:.1f} µs: interquartile "
+            f"range of a process's period less the pool's; fork_gap = {values['fork_gap']:.1f} "
+            f"µs, fork_gap_spread = {values['fork_gap_spread']:.2f}: gaps between the phases "
+            f"({sum(len(f.periods_us) for f in fits)} periods, {len(fits)} run(s))"
+        )
+    if wakeup_tails:
+        values["wakeup_tail"] = statistics.median(t for t, _ in wakeup_tails)
+        values["wakeup_tail_share"] = statistics.median(q for _, q in wakeup_tails)
+        notes.append(
+            f"wakeup_tail = {values['wakeup_tail']:.0f} µs on {values['wakeup_tail_share']:.0%}"
+            f" of wake-ups: p50/p99 delay excess over the sim of {', '.join(SINGLE_WAKE)} "
+            f"({len(wakeup_tails)} points)"
+        )
+    if message_scale is not None:
+        for name in MESSAGE_COSTS:
+            values[name] = getattr(base, name) * message_scale
+        notes.append(
+            f"{', '.join(MESSAGE_COSTS)} × {message_scale:.3f}: inline marginal CPU per "
+            "re-INVITE, Kamailio / sim"
+        )
+    if deferral_total_us is not None:
+        total = base.t_suspend + base.t_continue
+        share = base.t_suspend / total if total else 0.5
+        values["t_suspend"] = deferral_total_us * share
+        values["t_continue"] = deferral_total_us * (1 - share)
+        notes.append(
+            f"t_suspend + t_continue = {deferral_total_us:.1f} µs: deferring strategies' "
+            "extra CPU per re-INVITE over inline, Kamailio − sim"
+        )
+    return base.with_values(**values), notes
+
+
+COMMON_GRID = (0.0, 0.5, 0.75, 0.85, 0.9, 0.95, 1.0)
+"""Candidate shares of wake-ups meeting the common stalls (`fit_common_stalls`)."""
+COMMON_STALLS_NOT_FITTED = "wakeup_tail_common = 1 (not fitted: mqueue-rtimer was not run)"
+
+
+def common_stalls_strategy(specs: Sequence[str]) -> str | None:
+    """The run strategy whose delay p50 tells the share of common stalls (mqueue-rtimer)."""
+    return next((s for s in specs if strategies.parse_spec(s).name == "mqueue-rtimer"), None)
+
+
+def fit_common_stalls(
+    spec: str,
+    sim_p50s: Sequence[Sequence[float | None]],
+    kamailio_p50s: Sequence[float | None],
+    profile: CostProfile,
+) -> tuple[CostProfile, str]:
+    """`wakeup_tail_common`: how much of the wake-up tail is common to all processes.
+
+    Nothing measured on its own tells it, but the rtimer pool shows it: independent tails
+    drift the 12 phases apart (the delay until the next pass shrinks), common ones keep
+    them bunched. The grid value whose sim gives mqueue-rtimer's delay p50 closest to
+    Kamailio's over the rates (sum of absolute differences) is taken: that p50 is then
+    fitted, not predicted. Without mqueue-rtimer, 1.0 (all common) is kept
+    (`COMMON_STALLS_NOT_FITTED`).
+
+    `sim_p50s`: per value of `COMMON_GRID`, the sim's delay p50 of `spec` at each rate;
+    `kamailio_p50s`: Kamailio's at the same rates.
+    """
+    best, best_error = 1.0, math.inf
+    for common, p50s in zip(COMMON_GRID, sim_p50s, strict=True):
+        error = sum(abs(s - k) for s, k in zip(p50s, kamailio_p50s, strict=True)
+                    if s is not None and k is not None)  # fmt: skip
+        if error < best_error:
+            best, best_error = common, error
+    note = (
+        f"wakeup_tail_common = {best:g}: of {', '.join(f'{c:g}' for c in COMMON_GRID)}, the "
+        f"share whose sim gives {spec.partition(':')[0]} delay p50 closest to Kamailio's "
+        f"(Σ|Δp50| = {best_error:.2f} ms over {len(kamailio_p50s)} rates): that p50 is fitted"
+    )
+    return profile.with_values(wakeup_tail_common=best), note
+
+
+Figures = Mapping[tuple[str, float], Mapping[str, Any]]
+"""(strategy spec, re-INVITE rate) -> that point's median figures (the report's
+`median_figures`: Kamailio's of one core, the sim's of its `cores`)."""
+
+
+def fit_from_runs(
+    specs: Sequence[str],
+    rates: Sequence[float],
+    kam_idle: Mapping[str, Sequence[dict[str, Any]]],
+    kam: Figures,
+    sim: Figures,
+    base: CostProfile,
+    phases: Sequence[tuple[PhaseFit, float]] = (),
+) -> tuple[CostProfile, list[str], list[TimerFit]]:
+    """The fitted profile from Kamailio's idle runs and the figures of Kamailio's points
+    and of the sim's with `base` (same loads)."""
+    fits = timer_fits(specs, kam_idle)
+    message_scale = deferral = None
+    if "inline" in specs:
+        message_scale, deferral = _message_and_deferral(specs, rates, kam, sim, base)
+    tails = _wakeup_tails(specs, rates, kam, sim)
+    profile, notes = fitted_profile(base, fits, message_scale, deferral, phases, tails)
+    if "inline" not in specs:
+        notes.append("message and suspend/continue costs not fitted: inline was not run")
+    return profile, notes, fits
+
+
+def timer_fits(
+    specs: Sequence[str], kam_idle: Mapping[str, Sequence[dict[str, Any]]]
+) -> list[TimerFit]:
+    """A `TimerFit` of every timer role in every idle Kamailio run (one per repeat)."""
+    fits: list[TimerFit] = []
+    for spec in specs:
+        strategy = strategies.parse_spec(spec)
+        for idle in kam_idle[spec]:
+            for role in TIMER_COSTS:
+                data = idle["cpu"]["by_role"].get(role)
+                processes = idle["counters"].get(f"processes: {role}", 0)
+                interval = timer_interval(role, strategy.values)
+                if data is None or interval is None:
+                    continue
+                fit = fit_timer(role, processes, interval, data["wakeups_per_s"],
+                                data["busy_share"])  # fmt: skip
+                if fit is not None:
+                    fits.append(fit)
+    return fits
+
+
+def _message_and_deferral(
+    specs: Sequence[str], rates: Sequence[float], kam: Figures, sim: Figures, base: CostProfile
+) -> tuple[float | None, float | None]:
+    """The message cost scale from inline's points and t_suspend + t_continue from the
+    deferring strategies' (`fit_scale`, `fit_deferral`); inline must have run."""
+
+    def marg(figs: Figures, spec: str, rate: float) -> float | None:
+        return figs[spec, rate]["marginal_us_per_reinvite"]
+
+    pairs = [(marg(kam, "inline", r), marg(sim, "inline", r)) for r in rates]
+    pairs = [(k, s) for k, s in pairs if k is not None and s is not None]
+    message_scale = fit_scale([k for k, _ in pairs], [s for _, s in pairs])
+    kx, sx = [], []
+    for spec in specs:
+        if strategies.parse_spec(spec).name in ("inline", "blocking-sleep"):
+            continue  # blocking-sleep neither suspends nor continues
+        for r in rates:
+            values = (marg(kam, spec, r), marg(kam, "inline", r),
+                      marg(sim, spec, r), marg(sim, "inline", r))  # fmt: skip
+            if None in values:
+                continue
+            kx.append(values[0] - values[1])
+            sx.append(values[2] - values[3])
+    return message_scale, fit_deferral(kx, sx, base)
+
+
+def _wakeup_tails(
+    specs: Sequence[str], rates: Sequence[float], kam: Figures, sim: Figures
+) -> list[tuple[float, float]]:
+    """`fit_wakeup_tail` of every point of a single-wake-up strategy with delays on both sides."""
+    tails = []
+    for spec in specs:
+        if strategies.parse_spec(spec).name not in SINGLE_WAKE:
+            continue
+        for r in rates:
+            k, m = kam[spec, r], sim[spec, r]
+            if None in (k["delay_p50_ms"], k["delay_p99_ms"], m["delay_p50_ms"], m["delay_p99_ms"]):
+                continue
+            tail = fit_wakeup_tail(k["delay_p50_ms"] - m["delay_p50_ms"],
+                                   k["delay_p99_ms"] - m["delay_p99_ms"])  # fmt: skip
+            if tail is not None:
+                tails.append(tail)
+    return tails
+
+
+def timer_interval(role: str, values: Mapping[str, Any]) -> float | None:
+    """A timer role's interval in s under a strategy's parameters (None: not a timer)."""
+    if role == "rtimer":
+        return values.get("interval")
+    if role == "async-ms-timer":
+        ms = values.get("ms_timer")
+        return None if ms is None else ms / 1000
+    if role == "async-timer":
+        return 1.0
+    return None

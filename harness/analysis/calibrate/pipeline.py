@@ -1,0 +1,131 @@
+"""Calibration, the orchestration: `calibrate` runs, fits and judges in order.
+
+Each step is one call into the runs, the fitting or the report module; the order (and so
+which runs see which profile) lives here, the work does not: this module must not measure,
+fit or format anything itself, and it changes no adopted profile (`--adopt` in the CLI does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import strategies
+from core.runtime.costs import CostProfile
+from core.runtime.server import ServerSettings
+from harness.analysis.calibrate.fit import (
+    COMMON_GRID,
+    COMMON_STALLS_NOT_FITTED,
+    Figures,
+    common_stalls_strategy,
+    fit_common_stalls,
+    fit_from_runs,
+)
+from harness.analysis.calibrate.report import Calibration, judged_points, point_figures
+from harness.analysis.calibrate.runs import (
+    Progress,
+    Runs,
+    capacities,
+    capacity_ladder,
+    capacity_why,
+    common_stall_p50s,
+    kamailio_points,
+    load_for,
+    sim_points,
+)
+
+
+def calibrate(
+    specs: Sequence[str],
+    rates: Sequence[float],
+    duration: float,
+    seed: int,
+    settings: ServerSettings,
+    base: CostProfile,
+    *,
+    repeat: int = 1,
+    capacity_rates: Sequence[float] = (),
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> Calibration:
+    """Run both sides, fit, re-run the sim with the fit; see the package docstring.
+
+    Kamailio runs every point `repeat` times (the same seeded load: the spread is
+    Kamailio's and the machine's); fits use every run, judged figures are medians.
+    `capacity_rates`: the capacity ladder, SIPp-driven on Kamailio (`capacity_ladder`);
+    without it capacity is judged over `rates` alone.
+    """
+    say = progress or (lambda _line: None)
+    specs = [strategies.parse_spec(s).spec for s in specs]
+    rates = sorted(rates)
+    loads = {rate: load_for(rate, duration).spec for rate in rates}
+    kam, kam_idle, phases = kamailio_points(specs, loads, duration, seed, settings, repeat, say)
+    sim_idle, sim = sim_points(specs, loads, duration, seed, settings, base, "starting",
+                               executor, say)  # fmt: skip
+    cores = settings.cores
+    kam_figs, sim_figs = point_figures(kam, kam_idle, 1), point_figures(sim, sim_idle, cores)
+    fitted, notes, fits = fit_from_runs(specs, rates, kam_idle, kam_figs, sim_figs, base, phases)
+    if fitted.wakeup_tail > 0:
+        fitted, note = _fit_common_stalls(specs, rates, kam_figs, duration, seed, settings,
+                                          fitted, executor, say)  # fmt: skip
+        notes.append(note)
+    fit_idle, fit = sim_points(specs, loads, duration, seed, settings, fitted, "fitted",
+                               executor, say)  # fmt: skip
+
+    result = Calibration(specs, list(rates), duration, seed, cores, base, fitted, notes, fits,
+                         repeat, [f for f, _ in phases])  # fmt: skip
+    profiles = {"sim": fitted, "sim_starting": base}
+    result.ladder, caps, highest, why = _capacities(
+        specs, rates, capacity_rates, {"kamailio": kam, "sim": fit, "sim_starting": sim},
+        profiles, duration, seed, settings, executor, say,
+    )  # fmt: skip
+    figs = {"kamailio": kam_figs, "sim": point_figures(fit, fit_idle, cores),
+            "sim_starting": sim_figs}  # fmt: skip
+    result.points = judged_points(specs, loads, figs, caps, highest, why,
+                                  {"kamailio": kam, "sim": fit})  # fmt: skip
+    result.idle = {
+        "kamailio": kam_idle, "sim": fit_idle, "sim_starting": sim_idle,
+    }  # fmt: skip
+    return result
+
+
+def _fit_common_stalls(
+    specs: Sequence[str], rates: Sequence[float], kam_figs: Figures, duration: float,
+    seed: int, settings: ServerSettings, profile: CostProfile, executor: Executor | None,
+    say: Progress,
+) -> tuple[CostProfile, str]:  # fmt: skip
+    """`profile` with `wakeup_tail_common` fitted (`fit_common_stalls`) from sim runs of
+    mqueue-rtimer over `COMMON_GRID`, and how; unchanged if mqueue-rtimer was not run."""
+    spec = common_stalls_strategy(specs)
+    if spec is None:
+        return profile, COMMON_STALLS_NOT_FITTED
+    p50s = common_stall_p50s(spec, rates, COMMON_GRID, duration, seed, settings, profile,
+                             executor, say)  # fmt: skip
+    target = [kam_figs[spec, r]["delay_p50_ms"] for r in rates]
+    return fit_common_stalls(spec, p50s, target, profile)
+
+
+def _capacities(
+    specs: Sequence[str], rates: Sequence[float], capacity_rates: Sequence[float],
+    runs: Mapping[str, Runs], profiles: Mapping[str, CostProfile], duration: float, seed: int,
+    settings: ServerSettings, executor: Executor | None, say: Progress,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float | None]], float,
+           dict[str, str]]:  # fmt: skip
+    """What capacity is judged by: (the ladder's document, side -> strategy -> capacity,
+    the highest rate tested, strategy -> why each side first failed).
+
+    With `capacity_rates` the SIPp-driven ladder runs (Kamailio, then the sim with each of
+    `profiles`); without, capacity comes from the calibration `runs` over `rates`.
+    """
+    if not capacity_rates:
+        caps = {side: capacities(specs, rates, runs[side])
+                for side in ("kamailio", "sim", "sim_starting")}  # fmt: skip
+        why = {s: capacity_why(s, rates, runs["kamailio"], runs["sim"]) for s in specs}
+        return {}, caps, rates[-1], why
+    ladder_rates = sorted(capacity_rates)
+    ladder = capacity_ladder(specs, ladder_rates, duration, seed, settings, profiles, executor,
+                             say)  # fmt: skip
+    caps = {side: {spec: ladder[spec][side] for spec in specs}
+            for side in ("kamailio", *profiles)}  # fmt: skip
+    return ladder, caps, ladder_rates[-1], {spec: ladder[spec]["why"] for spec in specs}

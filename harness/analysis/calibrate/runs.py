@@ -1,0 +1,259 @@
+"""Calibration, the runs: the same seeded loads on Kamailio and on the sim.
+
+Kamailio's side (`kamailio_points`: idle and loaded runs, with traced rtimer phases), the
+sim's with a given profile (`sim_points`, `common_stall_p50s`), and the capacity ladder
+(`capacity_ladder`, `capacities`, `capacity_failure`).
+
+It runs Kamailio one job at a time (it measures real CPU); only sim runs go to the
+executor. It must not fit costs (beyond reading traced phases with `fit_phases`) nor judge
+or report figures: it imports the fitting module only, never the report.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import replace
+from typing import Any
+
+import strategies
+from core.runtime.costs import CostProfile
+from core.runtime.server import ServerSettings
+from harness.analysis.calibrate.fit import PhaseFit, fit_phases, timer_interval
+from harness.analysis.sweep import SweepPoint, capacity
+from harness.load.network import Link, parse_link
+from harness.load.spec import LoadSpec, parse_load
+
+CALL_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=1ms,arrival=poisson"
+LOOPBACK = "latency=50us,jitter=20us,loss=0%"
+"""The sim network for calibration: Kamailio runs on 127.0.0.1, so loopback-like links."""
+BOUND_MS = 5.0  # capacity: p99 lateness bound (the sweep's default)
+E2E_BOUND_MS = 50.0  # capacity: p99 e2e above the requested delay (the sweep's default)
+IDLE_WINDOW = 0.3  # Kamailio's pre-load idle window in the loaded runs (not used for figures)
+
+Progress = Callable[[str], None]
+
+Runs = dict[tuple[str, float], list[dict[str, Any]]]
+"""(strategy spec, re-INVITE rate) -> one result entry per repeat."""
+
+
+CAPACITY_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=1ms,arrival=constant"
+"""The capacity ladder's call shape: SIPp drives Kamailio, so constant arrivals and whole-ms
+gaps; the sim gets the same seeded load."""
+
+
+def capacity_load(rate: float, duration: float) -> LoadSpec:
+    """The capacity ladder's load at `rate` re-INVITEs/s for `duration` seconds."""
+    shape = parse_load(CAPACITY_SHAPE)
+    return replace(shape, rate=rate / shape.reinvites, duration=duration)
+
+
+def load_for(rate: float, duration: float) -> LoadSpec:
+    """The calibration call shape at `rate` re-INVITEs/s for `duration` seconds."""
+    shape = parse_load(CALL_SHAPE)
+    return replace(shape, rate=rate / shape.reinvites, duration=duration)
+
+
+def kamailio_points(
+    specs: Sequence[str], loads: Mapping[float, str], duration: float, seed: int,
+    settings: ServerSettings, repeat: int, say: Progress,
+) -> tuple[Runs, dict[str, list[dict[str, Any]]], list[tuple[PhaseFit, float]]]:  # fmt: skip
+    """Kamailio's side, one run at a time (real CPU): per strategy and repeat an idle run
+    (with its traced timer phases) and a run at every rate."""
+    from harness.targets.kamailio.target import kamailio_run
+    from harness.targets.sim import idle_load
+
+    kam: Runs = {}
+    kam_idle: dict[str, list[dict[str, Any]]] = {}
+    phases: list[tuple[PhaseFit, float]] = []
+    for spec in specs:
+        interval = timer_interval("rtimer", strategies.parse_spec(spec).values)
+        for n in range(repeat):
+            tag = f" (run {n + 1}/{repeat})" if repeat > 1 else ""
+            say(f"kamailio {spec}: idle {duration:g}s{tag}")
+            run = kamailio_run(spec, idle_load(duration), seed, settings, idle_window=IDLE_WINDOW)
+            kam_idle.setdefault(spec, []).append(run.result)
+            phase = fit_phases("rtimer", run.trace.timer_passes)
+            if phase is not None and interval is not None:
+                phases.append((phase, interval))
+            for rate, load in loads.items():
+                say(f"kamailio {spec}: {rate:g} re-INVITEs/s for {duration:g}s{tag}")
+                entry = kamailio_run(spec, parse_load(load), seed, settings,
+                                     idle_window=IDLE_WINDOW).result  # fmt: skip
+                kam.setdefault((spec, rate), []).append(entry)
+    return kam, kam_idle, phases
+
+
+def sim_points(
+    specs: Sequence[str], loads: Mapping[float, str], duration: float, seed: int,
+    settings: ServerSettings, costs: CostProfile, label: str, executor: Executor | None,
+    say: Progress,
+) -> tuple[dict[str, list[dict[str, Any]]], Runs]:  # fmt: skip
+    """The sim's side with profile `costs` (named `label` in the progress): per strategy an
+    idle run and a run at every rate of `loads`; (idle by strategy, loaded points)."""
+    rates = list(loads)
+    say(f"sim ({label} profile): {len(specs)} idle + {len(specs) * len(rates)} loaded runs")
+    jobs = [(s, None) for s in specs] + [(s, loads[r]) for s in specs for r in rates]
+    entries = _sims(jobs, duration, seed, settings, costs, executor)
+    idle = {s: [e] for s, e in zip(specs, entries[: len(specs)], strict=True)}
+    loaded = {k: [e] for k, e in zip([(s, r) for s in specs for r in rates],
+                                      entries[len(specs):], strict=True)}  # fmt: skip
+    return idle, loaded
+
+
+def common_stall_p50s(
+    spec: str, rates: Sequence[float], grid: Sequence[float], duration: float, seed: int,
+    settings: ServerSettings, profile: CostProfile, executor: Executor | None, say: Progress,
+) -> list[list[float | None]]:  # fmt: skip
+    """The sim's delay p50 of `spec` at each rate, per candidate `wakeup_tail_common` of
+    `grid` (the rest of the profile as given): what `fit_common_stalls` chooses from."""
+    loads = [load_for(rate, duration).spec for rate in rates]
+    say(f"sim: wakeup_tail_common over {len(grid)} values × {len(rates)} rates")
+    jobs = [(spec, load) for _ in grid for load in loads]
+    costs = [profile.with_values(wakeup_tail_common=c) for c in grid for _ in loads]
+    entries = iter(_sims_each(jobs, duration, seed, settings, costs, executor))
+    return [[next(entries)["delay_ms"]["p50"] for _ in rates] for _ in grid]
+
+
+def _sim_entry(
+    spec: str, load: str | None, duration: float, seed: int, settings: ServerSettings,
+    costs: CostProfile, link: Link,
+) -> dict[str, Any]:  # fmt: skip
+    """One sim run (a top-level function: picklable for a process pool); load None = idle."""
+    from harness.targets.sim import SimTarget
+
+    if load is None:
+        return SimTarget(costs).idle(spec, duration, seed, settings)
+    return SimTarget(costs, network=link).run(spec, parse_load(load), seed, settings)
+
+
+def _sims(
+    jobs: Sequence[tuple[str, str | None]], duration: float, seed: int,
+    settings: ServerSettings, costs: CostProfile, executor: Executor | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    return _sims_each(jobs, duration, seed, settings, [costs] * len(jobs), executor)
+
+
+def _sims_each(
+    jobs: Sequence[tuple[str, str | None]], duration: float, seed: int,
+    settings: ServerSettings, costs: Sequence[CostProfile], executor: Executor | None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Sim runs, job i with profile `costs[i]`, in order (on `executor` if given)."""
+    link = parse_link(LOOPBACK)
+    args = [(spec, load, duration, seed, settings, c, link)
+            for (spec, load), c in zip(jobs, costs, strict=True)]  # fmt: skip
+    if executor is None:
+        return [_sim_entry(*a) for a in args]
+    return list(executor.map(_sim_entry, *zip(*args, strict=True)))
+
+
+def capacity_ladder(
+    specs: Sequence[str],
+    rates: Sequence[float],
+    duration: float,
+    seed: int,
+    settings: ServerSettings,
+    profiles: Mapping[str, CostProfile],
+    executor: Executor | None,
+    say: Progress,
+) -> dict[str, dict[str, Any]]:
+    """Per strategy: the highest clean rate of the ladder on Kamailio (SIPp-driven, the
+    Python endpoints cannot offer these rates) and on the sim with each of `profiles`
+    (label -> profile; "sim" is the one judged), the same loads.
+
+    Kamailio stops climbing at its first failing rate (nothing above it counts); the sim
+    runs every rate. Per strategy: {"kamailio": capacity or None, label: capacity or None,
+    "steps": what failed at each rate, "why": the first failure of Kamailio and "sim"}.
+    """
+    from harness.targets.kamailio.target import KamailioTarget
+
+    kamailio = KamailioTarget(driver="sipp", idle_window=IDLE_WINDOW)
+    loads = {rate: capacity_load(rate, duration).spec for rate in rates}
+    kam: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for spec in specs:
+        for rate in rates:
+            say(f"kamailio {spec}: capacity {rate:g} re-INVITEs/s (SIPp) for {duration:g}s")
+            entry = kamailio.run(spec, parse_load(loads[rate]), seed, settings)
+            kam[spec, rate] = [entry]
+            if capacity_failure(entry):
+                break
+    keys = [(s, r) for s in specs for r in rates]
+    sims: dict[str, dict[tuple[str, float], list[dict[str, Any]]]] = {}
+    for label, costs in profiles.items():
+        say(f"{label.replace('_', ' ')} profile: capacity ladder, {len(keys)} runs")
+        entries = _sims([(s, loads[r]) for s, r in keys], duration, seed, settings, costs,
+                        executor)  # fmt: skip
+        sims[label] = {key: [e] for key, e in zip(keys, entries, strict=True)}
+    out: dict[str, dict[str, Any]] = {}
+    for spec in specs:
+        climbed = [r for r in rates if (spec, r) in kam]
+        steps = [
+            {"reinvite_rate": r, "load": loads[r],
+             "kamailio": capacity_failure(kam[spec, r][0]) if (spec, r) in kam else None,
+             **{label: capacity_failure(runs[spec, r][0]) for label, runs in sims.items()}}
+            for r in rates
+        ]  # fmt: skip
+        out[spec] = {
+            "kamailio": capacities([spec], climbed, kam)[spec],
+            **{label: capacities([spec], rates, runs)[spec] for label, runs in sims.items()},
+            "steps": steps,
+            "why": capacity_why(spec, rates, kam, sims["sim"]),
+        }
+    return out
+
+
+def capacities(
+    specs: Sequence[str],
+    rates: Sequence[float],
+    runs: Mapping[tuple[str, float], Sequence[dict[str, Any]]],
+) -> dict[str, float | None]:
+    """Per strategy: the sweep's capacity over the tested rates (None: below the lowest).
+
+    With repeated runs, each repeat gives a capacity and the median (None as 0) is taken.
+    Capacity is saturation: 491 glare races are counted in the ledger, not against it
+    (on loopback Kamailio's workers reorder an ACK and the next re-INVITE at any rate).
+    """
+    out: dict[str, float | None] = {}
+    for spec in specs:
+        repeats = min(len(runs[spec, rate]) for rate in rates)
+        each = []
+        for n in range(repeats):
+            sweep = [SweepPoint(spec, spec, None, None, rate, _for_capacity(runs[spec, rate][n]))
+                     for rate in rates]  # fmt: skip
+            each.append(capacity(sweep, BOUND_MS, E2E_BOUND_MS)[spec] or 0.0)
+        best = statistics.median_low(each)
+        out[spec] = best or None
+    return out
+
+
+def _for_capacity(entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry as capacity judges it: races not counted; a run that deferred nothing
+    (inline) has no lateness, so only the ledger and e2e count."""
+    entry = {**entry, "ledger": {**entry["ledger"], "race_491": 0}}
+    if entry["lateness_ms"]["p99"] is not None or entry["requested_delay_ms"]:
+        return entry
+    return {**entry, "lateness_ms": {**entry["lateness_ms"], "p99": 0.0}}
+
+
+def capacity_failure(entry: Mapping[str, Any]) -> str:
+    """Which capacity criterion a run fails ("" if none): ledger, p99 lateness, p99 e2e."""
+    point = SweepPoint("", "", None, None, 0.0, _for_capacity(dict(entry)))
+    return ", ".join(point.failures(BOUND_MS, E2E_BOUND_MS))
+
+
+def capacity_why(spec: str, rates: Sequence[float], kam: Mapping, sim: Mapping) -> str:
+    """The first failing rate on each side and what failed there (a side's runs stop at
+    the first rate it has no run of)."""
+    why = []
+    for side, runs in (("Kamailio", kam), ("sim", sim)):
+        for rate in rates:
+            if (spec, rate) not in runs:
+                break
+            failures = [f for f in map(capacity_failure, runs[spec, rate]) if f]
+            if failures:
+                of = f" ({len(failures)} of {len(runs[spec, rate])} runs)" if len(
+                    runs[spec, rate]) > 1 else ""  # fmt: skip
+                why.append(f"{side} fails at {rate:g}/s{of}: {failures[0]}")
+                break
+    return "; ".join(why)
