@@ -1,0 +1,132 @@
+"""`deferbench calibrate`: the same loads on the sim and on real Kamailio; fit a cost
+profile, print both side by side and write (optionally adopt) the profile.
+
+It must not import `harness.cli` (which imports it), nor the calibration, the runner or
+the kamailio target at module level: they load inside functions, so `deferbench --help`
+stays fast. The fitting itself lives in `harness.analysis.calibrate`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import strategies
+from harness.cli.common import UsageError, add_server_flags, rate_list, server_settings
+from harness.profile import ADOPTED, BUILT_IN, sim_profile
+from harness.targets import TargetError
+from strategies.spec import parse_duration
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The `calibrate` subcommand and its flags (its --fr-timer defaults to 5s)."""
+    p_cal = sub.add_parser(
+        "calibrate",
+        help="the same loads on sim and kamailio; fit a cost profile; side-by-side table",
+        description="Runs every strategy at every rate on real Kamailio and on the sim "
+        "(identical seeded loads), fits the cost profile to Kamailio's figures, re-runs the "
+        "sim with it and prints both side by side with PASS/MISS against the fidelity "
+        "bounds. Writes profile.toml (for --costs) and calibration.json under "
+        "results/calibration/<stamp>/ unless --out is given; --adopt also makes the fitted "
+        "profile the sim's default (results/calibration/profile.toml).",
+    )
+    p_cal.add_argument(
+        "--strategy",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="strategy spec; repeat (default: every strategy)",
+    )
+    p_cal.add_argument(
+        "--rates",
+        default="50,200,500,1000",
+        metavar="R1,R2,...",
+        help="re-INVITEs/s (default 50,200,500,1000)",
+    )
+    p_cal.add_argument(
+        "--duration", default="3s", metavar="DURATION", help="each run's load (default 3s)"
+    )
+    p_cal.add_argument("--seed", type=int, default=1, metavar="N")
+    p_cal.add_argument("--out", metavar="DIR", help="where to write profile.toml and JSON")
+    p_cal.add_argument("--jobs", type=int, metavar="N", help="parallel sim runs")
+    p_cal.add_argument("--quiet", action="store_true", help="no progress lines")
+    p_cal.add_argument(
+        "--repeat", type=int, default=1, metavar="N",
+        help="Kamailio runs per point: fits use all, judged figures are medians (default 1)",
+    )  # fmt: skip
+    p_cal.add_argument(
+        "--capacity-rates", default="500,1000,1500,2000,2500,3000", metavar="R1,R2,...|none",
+        help="the capacity ladder in re-INVITEs/s, SIPp-driven on Kamailio (default "
+        "500,...,3000; none: judge capacity over --rates only)",
+    )  # fmt: skip
+    p_cal.add_argument(
+        "--adopt", action="store_true",
+        help="make the fitted profile the sim's default (results/calibration/profile.toml)",
+    )  # fmt: skip
+    add_server_flags(p_cal)
+    p_cal.set_defaults(handler=cmd, fr_timer="5s")
+
+
+def cmd(args: argparse.Namespace) -> int:
+    from harness.analysis import calibrate as cal
+    from harness.runner import local_executor
+
+    settings = server_settings(args)
+    base = sim_profile(args.costs or BUILT_IN)[0]  # fits start from the hand-derived costs
+    rates = rate_list(args.rates, "--rates")
+    try:
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        raise UsageError(f"calibrate: {exc}") from None
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
+    ladder = _capacity_rates(args.capacity_rates)
+    if not duration > 0:
+        raise UsageError(f"--duration must be > 0, got {args.duration!r}")
+    specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("results") / "calibration" / stamp
+    command = ["deferbench", *args.argv]
+    executor = local_executor(args.jobs)
+    say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    try:
+        result = cal.calibrate(
+            specs, rates, duration, args.seed, settings, base, repeat=args.repeat,
+            capacity_rates=ladder, executor=executor, progress=say,
+        )  # fmt: skip
+    except TargetError as exc:
+        raise UsageError(f"kamailio target: {exc}") from None
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    profile = cal.write(result, out, command)
+    print(cal.table(result))
+    print("\nfitted:\n" + "\n".join(f"  {note}" for note in result.notes))
+    bounds = "delay max(10 %, 0.5 ms), early 5 points, wake-ups 10 %, capacity 15 %"
+    print(f"\nfidelity (within {bounds}):\n" + cal.summary(result))
+    print(f"\nreproduce: {' '.join(command)}\nwritten: {out}/")
+    if args.adopt:
+        ADOPTED.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(profile, ADOPTED)
+        print(f"adopted: {ADOPTED} (every sim run uses it unless --costs says otherwise)")
+    else:
+        print(f"use it: deferbench run --costs {profile} (or calibrate --adopt: the default)")
+    return 0
+
+
+def _capacity_rates(text: str) -> list[float]:
+    """`--capacity-rates`: re-INVITE rates, or 'none' (no SIPp ladder); needs sipp."""
+    from harness.targets.kamailio import sipp
+
+    if text.strip().lower() == "none":
+        return []
+    rates = rate_list(text, "--capacity-rates", "or 'none'")
+    if sipp.sipp_binary() is None:
+        raise UsageError(
+            "--capacity-rates: the ladder is SIPp-driven and sipp is not installed "
+            "(Debian package sip-tester), or pass --capacity-rates none"
+        )
+    return rates

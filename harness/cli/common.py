@@ -1,0 +1,128 @@
+"""What several `deferbench` commands share: the usage error and its one-line parser, the
+server and network flags, and turning those flags into settings and targets.
+
+It must not import `harness.cli` or any command module (they import it), must not define a
+command, and must not import heavy modules (plots, calibration, dask, live or kamailio
+targets) at module level: `deferbench --help` loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from core.runtime.costs import CostProfile
+from core.runtime.server import ServerSettings
+from harness import targets
+from harness.load.network import Link, parse_link
+from harness.targets import Target, TargetError, TargetOptions
+from strategies.spec import SpecError, parse_duration
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit status 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def server_settings(args: argparse.Namespace) -> ServerSettings:
+    try:
+        fr_timer = parse_duration(args.fr_timer)
+    except SpecError as exc:
+        raise UsageError(f"--fr-timer: {exc}") from None
+    values = {"fr_timer": fr_timer}
+    if args.children is not None:
+        values["children"] = args.children
+    if args.cores is not None:
+        values["cores"] = args.cores
+    try:
+        return replace(ServerSettings(), **values)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+DEFAULT_NETWORK = "latency=1ms,jitter=1ms,loss=0%"
+"""The sim network of `run` and `sweep`: each direction 1 ms ± 1 ms. With the default 1 ms
+gap, an ACK is then sometimes overtaken by the re-INVITE sent after it — the race deferral
+exists to prevent, as parallel SIP workers and jitter make it happen in production."""
+
+
+def network(args: argparse.Namespace) -> Link:
+    try:
+        return parse_link(args.network)
+    except ValueError as exc:
+        raise UsageError(f"--network: {exc}") from None
+
+
+def build_target(name: str, args: argparse.Namespace, costs: CostProfile, source: str) -> Target:
+    """The target `name` configured from the command's flags (one-line error if a flag does
+    not apply to it)."""
+    options = TargetOptions(
+        costs=costs,
+        costs_source=source,
+        costs_named=bool(getattr(args, "costs", None)),
+        network=network(args) if name == "sim" else None,
+        backend=getattr(args, "backend", None),
+        driver=getattr(args, "driver", None),
+    )
+    try:
+        return targets.build(name, options)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def rate_list(text: str, flag: str, alternative: str = "") -> list[float]:
+    """`R1,R2,...` re-INVITE rates of a flag: positive numbers, at least one."""
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError:
+        rates = []
+    if not rates or any(not r > 0 for r in rates):
+        also = f" {alternative}" if alternative else ""
+        raise UsageError(f"{flag} needs positive re-INVITE rates{also}, got {text!r}")
+    return rates
+
+
+def add_network_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--network",
+        default=DEFAULT_NETWORK,
+        metavar="SPEC",
+        help="sim network, every direction: latency=DURATION,jitter=DURATION,"
+        f"loss=PERCENT%% (default {DEFAULT_NETWORK.replace('%', '%%')})",
+    )
+
+
+def add_server_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server (settings that belong to no strategy)")
+    group.add_argument(
+        "--children",
+        type=int,
+        metavar="N",
+        help="SIP worker processes on the UDP socket (Kamailio children; default 8)",
+    )
+    group.add_argument(
+        "--cores",
+        type=int,
+        metavar="N",
+        help="CPU cores shared by all processes (default: this machine's)",
+    )
+    group.add_argument(
+        "--fr-timer",
+        default="30s",
+        metavar="DURATION",
+        help="deadline of a suspended transaction: 408 after it (default 30s)",
+    )
+    group.add_argument(
+        "--costs",
+        metavar="FILE",
+        help="sim cost profile (TOML/JSON, µs per step); default: the adopted calibration "
+        "results/calibration/profile.toml if present; 'built-in' for the hand-derived defaults",
+    )

@@ -1,0 +1,153 @@
+"""`deferbench run`: the same seeded load through strategies (one suite); prints the
+comparison table and writes the result files (and plots).
+
+It must not import `harness.cli` (which imports it), nor the runner or live/kamailio
+targets at module level: those load inside `cmd`, so `deferbench --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import strategies
+from harness import targets
+from harness.analysis import report
+from harness.cli.common import (
+    UsageError,
+    add_network_flag,
+    add_server_flags,
+    build_target,
+    server_settings,
+)
+from harness.load.spec import parse_load
+from harness.load.suites import Suite, SuiteRun, load_suite
+from harness.measure.results import write_result
+from harness.profile import sim_profile
+from harness.targets import TargetError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The `run` subcommand and its flags."""
+    p_run = sub.add_parser(
+        "run",
+        help="the same seeded load through strategies; comparison table + result files",
+        description="By default every strategy with its defaults at the default load "
+        "(the 'default' suite). Writes result.json, result.csv and PNG plots under "
+        "results/runs/<stamp>/ unless --out is given.",
+    )
+    p_run.add_argument(
+        "--target",
+        default="sim",
+        choices=targets.NAMES,
+        help="where to run (sim: the embedded model on virtual time; live: the same proxy "
+        "over UDP on 127.0.0.1, real clock, started as `deferbench serve`; kamailio: real "
+        "Kamailio 5.6 on 127.0.0.1 running the strategy's generated kamailio.cfg)",
+    )
+    p_run.add_argument(
+        "--backend",
+        choices=["trio", "asyncio"],
+        help="anyio backend of the live proxy (default trio; live target only)",
+    )
+    p_run.add_argument(
+        "--driver",
+        choices=["python", "sipp"],
+        help="who plays the UAC and UAS (kamailio target only): python, the harness's own "
+        "(default); sipp, SIPp for 2,000+ re-INVITEs/s (arrival=constant only)",
+    )
+    p_run.add_argument(
+        "--strategy",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="strategy spec NAME[:key=value,...]; repeat for several",
+    )
+    p_run.add_argument(
+        "--load", metavar="SPEC", help="e.g. 'reinvite:rate=20/s,duration=30s,reinvites=10,gap=1ms'"
+    )
+    p_run.add_argument(
+        "--suite",
+        metavar="NAME|FILE",
+        help="benchmark suite: default, idle, overload, ci, or a TOML file",
+    )
+    p_run.add_argument("--seed", type=int, metavar="N", help="load seed (default: the suite's)")
+    p_run.add_argument("--out", metavar="DIR", help="where to write the result files")
+    p_run.add_argument(
+        "--jobs", type=int, metavar="N", help="strategies run in parallel (default: one per core)"
+    )
+    p_run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p_run.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every strategy N times in alternating rounds; wall-clock "
+        "figures become samples for the statistical check (default 1)",
+    )
+    p_run.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_server_flags(p_run)
+    add_network_flag(p_run)
+    p_run.set_defaults(handler=cmd)
+
+
+def _suite_from_args(args: argparse.Namespace) -> Suite:
+    """--suite, or an ad-hoc suite from --strategy/--load/--seed (default: the main job)."""
+    if args.suite:
+        if args.strategy or args.load:
+            raise UsageError("--suite names its own strategies and loads: drop --strategy/--load")
+        suite = load_suite(args.suite)
+        if args.seed is not None:
+            suite = replace(suite, runs=tuple(replace(r, seed=args.seed) for r in suite.runs))
+        return suite
+    default = load_suite("default")
+    base = default.runs[0]
+    specs = tuple(strategies.parse_spec(s).spec for s in args.strategy) or base.strategies
+    load = parse_load(args.load) if args.load else base.load
+    seed = args.seed if args.seed is not None else base.seed
+    name = "default" if not (args.strategy or args.load) else "adhoc"
+    return Suite(name, default.description, (SuiteRun(args.target, seed, load, specs),))
+
+
+def cmd(args: argparse.Namespace) -> int:
+    from harness.runner import Job, assemble, execute_repeated, local_executor, text_progress
+
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
+
+    settings = server_settings(args)
+    costs, costs_source = sim_profile(args.costs)
+    suite = _suite_from_args(args)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-{suite.name}"
+    command = ["deferbench", *args.argv]
+    plan = [(run, build_target(run.target, args, costs, costs_source)) for run in suite.runs]
+    try:
+        for run, target in plan:
+            target.check(run.load, run.seed)
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    executor = local_executor(args.jobs)
+    progress = None if args.quiet else text_progress()
+    try:
+        for i, (run, target) in enumerate(plan, start=1):
+            jobs = [Job(spec, run.load.spec, run.seed, settings, target) for spec in run.strategies]
+            # real-clock jobs run one at a time: they measure real CPU
+            pool = None if target.real_clock else executor
+            entries = execute_repeated(jobs, args.repeat, pool, progress)
+            result = assemble(entries, load=run.load, seed=run.seed, settings=settings,
+                              target=target, command=command)  # fmt: skip
+            directory = out if len(suite.runs) == 1 else out / f"run-{i}"
+            write_result(result, directory)
+            if not args.no_plots:
+                report.write_plots(result, directory)
+            print(f"\n{report.headline(result)}")
+            print(report.comparison_table(result))
+            print(f"\n{report.reproduce_line(result)}\nwritten: {directory}/")
+    except TargetError as exc:  # e.g. not installed, or it never answered
+        raise UsageError(f"{run.target} target: {exc}") from None
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+    return 0

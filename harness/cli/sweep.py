@@ -1,0 +1,275 @@
+"""`deferbench sweep`: every strategy variant at every offered re-INVITE rate on the sim;
+prints each variant's capacity (and, with --param/--target-rate, the tuning answer) and
+writes sweep.json and a plot.
+
+It must not import `harness.cli` (which imports it), nor the runner, plots or dask at
+module level: they load inside functions, so `deferbench --help` stays fast. The sweep
+itself (points, capacity, tuning) lives in `harness.analysis.sweep`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from concurrent.futures import Executor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+import strategies
+from core.runtime.server import ServerSettings
+from harness import targets
+from harness.analysis import report
+from harness.analysis.sweep import SweepPoint
+from harness.cli.common import (
+    UsageError,
+    add_network_flag,
+    add_server_flags,
+    rate_list,
+    server_settings,
+)
+from harness.load.spec import LoadSpec, parse_load
+from harness.profile import sim_profile
+from harness.targets import Target, TargetOptions
+from strategies.spec import parse_duration
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """The `sweep` subcommand and its flags."""
+    p_sweep = sub.add_parser(
+        "sweep",
+        help="offered rates x strategies (x a parameter): capacity and tuning answers",
+        description="Runs every strategy variant at every offered re-INVITE rate (in parallel "
+        "on this machine's cores, or on a Dask cluster with --scheduler) and reports each "
+        "variant's capacity. With --param and --target-rate it answers 'how many timers / "
+        "workers for N re-INVITEs/s'.",
+    )
+    p_sweep.add_argument(
+        "--strategy",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="strategy spec; repeat (default: every strategy)",
+    )
+    p_sweep.add_argument(
+        "--rates",
+        default="100,200,400,800,1600",
+        metavar="R1,R2,...",
+        help="offered re-INVITEs per second (default 100,200,400,800,1600)",
+    )
+    p_sweep.add_argument(
+        "--param", metavar="NAME=VALUES", help="vary one parameter: timers=1..16 or take=one,all"
+    )
+    p_sweep.add_argument(
+        "--target-rate",
+        type=float,
+        metavar="N",
+        help="with --param: smallest value whose capacity reaches N re-INV/s",
+    )
+    p_sweep.add_argument(
+        "--load",
+        default="reinvite:duration=5s,reinvites=10,gap=1ms",
+        metavar="SPEC",
+        help="call shape; its rate is replaced by each rate",
+    )
+    p_sweep.add_argument(
+        "--bound",
+        default="5ms",
+        metavar="DURATION",
+        help="p99 lateness bound for capacity (default 5ms)",
+    )
+    p_sweep.add_argument(
+        "--e2e-bound",
+        default="50ms",
+        metavar="DURATION",
+        help="p99 end-to-end bound above the requested delay (default 50ms)",
+    )
+    p_sweep.add_argument("--seed", type=int, default=1, metavar="N")
+    p_sweep.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Dask scheduler address (tcp://host:8786): run points there",
+    )
+    p_sweep.add_argument("--jobs", type=int, metavar="N", help="local parallel points")
+    p_sweep.add_argument("--out", metavar="DIR")
+    p_sweep.add_argument("--no-plots", action="store_true")
+    p_sweep.add_argument("--quiet", action="store_true")
+    add_server_flags(p_sweep)
+    add_network_flag(p_sweep)
+    p_sweep.set_defaults(handler=cmd)
+
+
+def cmd(args: argparse.Namespace) -> int:
+    from harness.analysis.sweep import capacity, tuning_answer
+
+    settings = server_settings(args)
+    costs, source = sim_profile(args.costs)
+    target = targets.build("sim", TargetOptions(costs=costs, costs_source=source))
+    rates = rate_list(args.rates, "--rates")
+    try:
+        bound = parse_duration(args.bound) * 1e3
+        e2e_bound = parse_duration(args.e2e_bound) * 1e3
+    except ValueError as exc:
+        raise UsageError(f"sweep: {exc}") from None
+    load = parse_load(args.load)
+    specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
+    points = _run(args, specs, rates, load, settings, target)
+    caps = capacity(points, bound, e2e_bound)
+    answer = None
+    if args.param and args.target_rate:
+        answer = tuning_answer(points, caps, args.target_rate)
+    _print_tables(args, points, caps, answer, bound, e2e_bound)
+    out = _write(args, points, caps, answer, load, bound, e2e_bound)
+    print(f"\nreproduce: deferbench {' '.join(args.argv)}\nwritten: {out}/")
+    return 0
+
+
+def _run(
+    args: argparse.Namespace,
+    specs: list[str],
+    rates: list[float],
+    load: LoadSpec,
+    settings: ServerSettings,
+    target: Target,
+) -> list[SweepPoint]:
+    """Every point of the sweep, on this machine's cores or on the --scheduler's cluster."""
+    from harness.analysis.sweep import run_sweep
+    from harness.runner import local_executor, text_progress
+
+    client = None
+    executor: Executor | None
+    if args.scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise UsageError("--scheduler needs dask: pip install 'dask[distributed]'") from None
+        try:
+            client = Client(args.scheduler, timeout="10s")
+        except OSError as exc:
+            raise UsageError(f"--scheduler {args.scheduler}: cannot connect ({exc})") from None
+        executor = client.get_executor()
+    else:
+        executor = local_executor(args.jobs)
+    try:
+        return run_sweep(
+            specs,
+            rates,
+            load,
+            args.seed,
+            settings,
+            target,
+            param=args.param,
+            executor=executor,
+            progress=None if args.quiet else text_progress(),
+        )
+    finally:
+        if client is not None:
+            client.close()
+        elif executor is not None:
+            executor.shutdown(cancel_futures=True)
+
+
+def _print_tables(
+    args: argparse.Namespace,
+    points: list[SweepPoint],
+    caps: dict[str, Any],
+    answer: dict[str, Any] | None,
+    bound: float,
+    e2e_bound: float,
+) -> None:
+    """The points table, the capacity table and, if asked for, the tuning answer."""
+    rows = [
+        [
+            p.strategy,
+            f"{p.reinvite_rate:g}",
+            "yes" if p.clean() else "no",
+            report._ms(p.lateness_p99),
+            report._ms(p.e2e_p99),
+            report._pct(p.busy_share, 2),
+            "ok" if p.within(bound, e2e_bound) else "OVER",
+        ]
+        for p in points
+    ]
+    print(
+        tabulate(
+            rows,
+            headers=[
+                "strategy",
+                "re-INV/s",
+                "clean",
+                "late p99 ms",
+                "e2e p99 ms",
+                "CPU %",
+                f"within {args.bound}/{args.e2e_bound}",
+            ],
+            disable_numparse=True,
+        )
+    )
+    print(
+        f"\ncapacity (clean ledger, p99 lateness <= {args.bound}, "
+        f"p99 e2e <= requested + {args.e2e_bound}):"
+    )
+    print(
+        tabulate(
+            [
+                [v, "below lowest rate" if c is None else f"{c:g} re-INVITEs/s"]
+                for v, c in caps.items()
+            ],
+            headers=["strategy", "capacity"],
+        )
+    )
+    if answer is not None:
+        name = args.param.partition("=")[0]
+        print(f"\nfor {args.target_rate:g} re-INVITEs/s, smallest {name}:")
+        for base, value in answer.items():
+            print(f"  {base}: {'none of the swept values' if value is None else value}")
+
+
+def _write(
+    args: argparse.Namespace,
+    points: list[SweepPoint],
+    caps: dict[str, Any],
+    answer: dict[str, Any] | None,
+    load: LoadSpec,
+    bound: float,
+    e2e_bound: float,
+) -> Path:
+    """sweep.json (and sweep.png unless --no-plots) in --out or results/runs/<stamp>-sweep/;
+    returns that directory."""
+    import json
+
+    from harness.analysis import plots
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-sweep"
+    out.mkdir(parents=True, exist_ok=True)
+    document = {
+        "schema": "deferbench.sweep/1",
+        "command": ["deferbench", *args.argv],
+        "load": load.spec,
+        "seed": args.seed,
+        "bound_ms": bound,
+        "e2e_bound_ms": e2e_bound,
+        "capacity": caps,
+        "tuning": answer,
+        "target_rate": args.target_rate,
+        "points": [
+            {
+                "strategy": p.strategy,
+                "base": p.base,
+                "param": p.param,
+                "value": p.value,
+                "reinvite_rate": p.reinvite_rate,
+                "entry": p.entry,
+            }
+            for p in points
+        ],
+    }
+    (out / "sweep.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
+    series: dict[str, list[tuple[float, float | None, float | None]]] = {}
+    for p in points:
+        series.setdefault(p.strategy, []).append((p.reinvite_rate, p.lateness_p99, p.busy_share))
+    if not args.no_plots:
+        plots.sweep(series, out / "sweep.png", f"sweep, {load.spec}")
+    return out
