@@ -262,6 +262,7 @@ class TransactionTable:
     def free(self, cell: Cell) -> None:
         """The wait timer fired: forget the cell; its id is never valid again."""
         cell.freed = True
+        cell.wait = None  # its (fired) timer entry holds the cell: no cycle left behind
         self.cells.pop((cell.id.index, cell.id.label), None)
         if self.servers.get(cell.server.key) is cell:
             del self.servers[cell.server.key]

@@ -55,7 +55,9 @@ class Kernel:
         self.live = live
         self._origin = 0.0  # anyio time of kernel time 0 (live, real clock only)
         self._origin_set = False
-        self._heap: list[tuple[float, int, TimerHandle]] = []
+        # Entries (when, seq, handle or None, callback, args): `post` (no handle, cannot be
+        # cancelled) saves the TimerHandle of the many events nobody cancels.
+        self._heap: list[tuple[float, int, TimerHandle | None, Callable[..., Any], tuple]] = []
         self._seq = 0
         self.now = 0.0
         self.events_run = 0
@@ -75,12 +77,23 @@ class Kernel:
             when = self.now
         handle = TimerHandle(when, callback, args)
         self._seq += 1
-        heapq.heappush(self._heap, (when, self._seq, handle))
+        heapq.heappush(self._heap, (when, self._seq, handle, callback, args))
         sleep = self._sleep
         if sleep is not None:  # scheduled from another task while the driver sleeps
             self._sleep = None
             sleep.cancel()
         return handle
+
+    def post(self, when: float, callback: Callable[..., Any], *args: Any) -> None:
+        """`call_at` for an event that is never cancelled: same order, no handle."""
+        if when < self.now:
+            when = self.now
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, None, callback, args))
+        sleep = self._sleep
+        if sleep is not None:
+            self._sleep = None
+            sleep.cancel()
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
         return self.call_at(self.now + delay, callback, *args)
@@ -91,7 +104,7 @@ class Kernel:
     def next_time(self) -> float | None:
         """Time of the next live callback, dropping cancelled ones on the way."""
         heap = self._heap
-        while heap and heap[0][2].cancelled:
+        while heap and (h := heap[0][2]) is not None and h.cancelled:
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
@@ -103,13 +116,13 @@ class Kernel:
         """
         heap = self._heap
         while heap and heap[0][0] <= now:
-            when, _, handle = heapq.heappop(heap)
-            if handle.cancelled:
+            when, _, handle, callback, args = heapq.heappop(heap)
+            if handle is not None and handle.cancelled:
                 continue
             if when > self.now:
                 self.now = when
             self.events_run += 1
-            handle.callback(*handle.args)
+            callback(*args)
 
     def add_reader(self, sock: Any, drain: Callable[[], object]) -> None:
         """Let the driver itself read `sock` (real clock): whenever it is readable, and
@@ -156,6 +169,7 @@ class Kernel:
         try:
             while True:
                 if self._clock is not None and self._jump_through(until):
+                    maybe_collect()
                     await anyio.lowlevel.checkpoint()  # let cancellation and others in
                     continue
                 nxt = self.next_time()
@@ -194,26 +208,40 @@ class Kernel:
         trio_deadline = guard.next_deadline()
         clock_time = clock.current_time()
         current = clock_time
+        heappop = heapq.heappop
+        runner = guard._runner
+        if runner is not None:  # guard.runnable(), inlined: read once per time step
+            runq = runner.runq
+            entries = runner.entry_queue
+            queue, idempotent = entries.queue, entries.idempotent_queue
+        ran = 0
         try:
             for _ in range(_CHECKPOINT_EVERY):
-                while heap and heap[0][2].cancelled:
-                    heapq.heappop(heap)
+                while heap and (h := heap[0][2]) is not None and h.cancelled:
+                    heappop(heap)
                 if not heap:
                     return False
                 when = heap[0][0]
                 if when > limit:
                     return False
                 if when > current:
-                    if when > trio_deadline or guard.runnable():
+                    if when > trio_deadline:
+                        return False
+                    if runner is None:
+                        if guard.runnable():
+                            return False
+                    elif runq or queue or idempotent:
                         return False
                     current = when
-                handle = heapq.heappop(heap)[2]
+                    self.now = when
+                callback, args = heappop(heap)[3:]
                 if when > self.now:
                     self.now = when
-                self.events_run += 1
-                handle.callback(*handle.args)
+                ran += 1
+                callback(*args)
             return True
         finally:
+            self.events_run += ran
             if current > clock_time:
                 clock.jump(current - clock_time)
 
@@ -325,9 +353,47 @@ class _JumpGuard:
 
 
 SIM_GC_THRESHOLDS = (50_000, 20, 100)
-"""A simulation keeps tens of thousands of live, acyclic objects (messages, transactions,
-timers); with CPython's default thresholds the cyclic collector rescans them all every few
-hundred allocations, which halved simulation speed here. Raised for virtual-time runs only."""
+"""Thresholds used when the cyclic collector is left on (kept for callers that name them)."""
+
+SIM_GC_GROWTH = 4_000_000
+"""While a simulation runs the cyclic collector is off (`sim_gc`): the model's per-transaction
+objects form no reference cycles, and with CPython's generational collector every one of them
+(they live tens of virtual seconds) was traversed two or three times, a fifth of the run's
+wall time. As a safety valve the virtual-time driver collects in full whenever the number of
+GC-tracked objects grew by this much since the last collection (`maybe_collect`), so a model
+that does leak cycles stays bounded instead of growing without limit."""
+
+
+class sim_gc:
+    """Context manager: cyclic GC off (re-entrant), restored on exit; for virtual-time runs."""
+
+    _depth = 0
+    _was_enabled = True
+
+    def __enter__(self) -> sim_gc:
+        if sim_gc._depth == 0:
+            sim_gc._was_enabled = gc.isenabled()
+            gc.disable()
+        sim_gc._depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sim_gc._depth -= 1
+        if sim_gc._depth == 0 and sim_gc._was_enabled:
+            gc.enable()
+
+
+_gc_limit = [SIM_GC_GROWTH]
+
+
+def maybe_collect() -> None:
+    """Full collection if the tracked heap grew by `SIM_GC_GROWTH` objects, or by as many as
+    survived the last collection, since that one (`gc.get_count()[0]` counts allocations
+    minus frees even while the collector is off): amortised, each object is traversed about
+    once however long the run, and a steady heap is never traversed at all."""
+    if not gc.isenabled() and gc.get_count()[0] > _gc_limit[0]:
+        gc.collect()
+        _gc_limit[0] = max(SIM_GC_GROWTH, len(gc.get_objects(generation=2)))
 
 
 def run_on_virtual_time(async_fn: Callable[..., Any], *args: Any) -> Any:
@@ -335,9 +401,5 @@ def run_on_virtual_time(async_fn: Callable[..., Any], *args: Any) -> Any:
     import trio.testing
 
     clock = trio.testing.MockClock(autojump_threshold=0)
-    saved = gc.get_threshold()
-    gc.set_threshold(*SIM_GC_THRESHOLDS)
-    try:
+    with sim_gc():
         return anyio.run(async_fn, *args, backend="trio", backend_options={"clock": clock})
-    finally:
-        gc.set_threshold(*saved)

@@ -102,7 +102,7 @@ class Process:
         if self._program is not None:
             raise RuntimeError(f"{self.name} already runs a program")
         self._program = program
-        self.kernel.call_soon(self._resume, None)
+        self.kernel.post(self.kernel.now, self._resume, None)
 
     # ------------------------------------------------------------------ stepping
 
@@ -119,13 +119,24 @@ class Process:
                 return
             kind = type(op)
             if kind is Compute:
-                if op.seconds <= 0.0:
+                seconds = op.seconds
+                if seconds <= 0.0:
                     value = None
                     continue
-                self.cpu.acquire(self, op.seconds)
+                # CpuPool.acquire and _run, inlined (the hottest step of the model)
+                cpu = self.cpu
+                kernel = self.kernel
+                if cpu.free:
+                    cpu.free -= 1
+                    self.busy += seconds
+                    cpu.busy_total += seconds
+                    kernel.post(kernel.now + seconds, cpu._release, self)
+                else:
+                    self._wait_started = kernel.now
+                    cpu._runnable.append((self, seconds))
                 return
             if kind is Sleep:
-                self.kernel.call_at(self.kernel.now + max(0.0, op.seconds), self._wake, None)
+                self.kernel.post(self.kernel.now + max(0.0, op.seconds), self._wake, None)
                 return
             if kind is Get:
                 queue = op.queue
@@ -149,7 +160,7 @@ class Process:
         if latency is not None:
             delay = latency()
             if delay > 0.0:
-                self.kernel.call_at(self.kernel.now + delay, self._resume, value)
+                self.kernel.post(self.kernel.now + delay, self._resume, value)
                 return
         self._resume(value)
 
@@ -196,7 +207,7 @@ class CpuPool:
     def _run(self, process: Process, seconds: float) -> None:
         process.busy += seconds
         self.busy_total += seconds
-        self.kernel.call_at(self.kernel.now + seconds, self._release, process)
+        self.kernel.post(self.kernel.now + seconds, self._release, process)
 
     def _release(self, process: Process) -> None:
         if self._runnable:
@@ -276,7 +287,7 @@ class Queue:
         """Non-blocking put: False (and counted) when the queue is full."""
         if self.getters:
             self.accepted += 1
-            self.kernel.call_soon(self.getters.popleft()._wake, item)
+            self.kernel.post(self.kernel.now, self.getters.popleft()._wake, item)
             return True
         if self.full:
             self.refused += 1
@@ -294,5 +305,5 @@ class Queue:
             writer, pending = self.putters.popleft()
             self.items.append(pending)
             self.accepted += 1
-            self.kernel.call_soon(writer._wake, True)
+            self.kernel.post(self.kernel.now, writer._wake, True)
         return item

@@ -220,7 +220,7 @@ class SimNetwork:
         elif host.owns:
             payload = message.copy()
         kernel = self.kernel
-        kernel.call_at(kernel.now + delay, host.receiver, payload, source)
+        kernel.post(kernel.now + delay, host.receiver, payload, source)
 
     def stats(self) -> dict[str, int]:
         """Datagrams sent and lost per link that carried traffic, plus unroutable ones."""

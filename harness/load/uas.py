@@ -199,6 +199,7 @@ class Uas(Endpoint):
         if pending is not None:
             if pending.entry is not None:
                 self._heap.cancel(pending.entry)
+                pending.entry = None  # the entry holds `pending`: no cycle left behind
             dialog.pending = None
 
     def _retransmit_2xx(self, pending: _Pending2xx, now: float) -> list[Send]:

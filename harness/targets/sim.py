@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 from core.events import Address
 from core.runtime.costs import CostProfile
-from core.runtime.kernel import Kernel, run_on_virtual_time
+from core.runtime.kernel import Kernel, run_on_virtual_time, sim_gc
 from core.runtime.server import Server, ServerSettings
 from harness.load.endpoints import Uac, Uas
 from harness.load.network import UAC, UAS, Link, SimHost, SimNetwork, Wire
@@ -163,6 +163,22 @@ def simulate(
     settings = replace(settings or ServerSettings(), seed=seed)
     costs = costs or CostProfile()
     links = links or Links()
+    with sim_gc():  # the result is built from the run's live objects: no collector either
+        return _simulate(strategy_spec, strategy, load, seed, settings, costs, links, wire,
+                         measure_idle)  # fmt: skip
+
+
+def _simulate(
+    strategy_spec: str,
+    strategy: Strategy,
+    load: LoadSpec,
+    seed: int,
+    settings: ServerSettings,
+    costs: CostProfile,
+    links: Links,
+    wire: Wire,
+    measure_idle: bool,
+) -> SimRun:
     started = time.perf_counter()
     run = _run_loaded(strategy, load, seed, settings, costs, links, wire)
     loaded_wall = time.perf_counter() - started
