@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from core.runtime.costs import CostProfileError
 from harness.analysis.sweep import SweepError
-from harness.cli import calibrate, check, compare, run, serve, sweep
+from harness.cli import calibrate, check, compare, recommend, run, serve, sweep
 from harness.cli import strategies as strategies_cmd
 from harness.cli.common import EXIT_USAGE, OneLineParser, UsageError
 from harness.load.spec import LoadError
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     # the order of `deferbench --help`
-    for command in (strategies_cmd, run, sweep, calibrate, serve, compare, check):
+    for command in (strategies_cmd, run, recommend, sweep, calibrate, serve, compare, check):
         command.add_parser(sub)
     return parser
 
