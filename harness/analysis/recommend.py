@@ -329,12 +329,14 @@ def _why(winner: Verdict, question: Question) -> list[str]:
 def _wrong(verdicts: Sequence[Verdict], question: Question) -> list[str]:
     out = ["", "ruled out:"]
     for v in verdicts:
-        fails = v.failures[question.rates[-1]] or v.failures[question.rate]
+        rate = question.rates[-1] if v.failures[question.rates[-1]] else question.rate
+        fails = v.failures[rate]
         if v.candidate.wrong is None and not fails:
             continue
-        reason = v.candidate.wrong or "; ".join(fails)
+        reason = v.candidate.wrong or f"at {rate:g}/s: " + "; ".join(fails)
         evidence = "; ".join(fails[:2]) if v.candidate.wrong and fails else ""
-        text = f"{_short(v.spec)}: {reason}" + (f" (measured: {evidence})" if evidence else "")
+        measured = f" (measured at {rate:g}/s: {evidence})" if evidence else ""
+        text = f"{_short(v.spec)}: {reason}{measured}"
         out += textwrap.wrap(text, WIDTH, initial_indent="  - ", subsequent_indent="    ")
     return out if len(out) > 2 else []
 
