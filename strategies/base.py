@@ -58,6 +58,17 @@ class Strategy(ABC):
         ]
         return self.name + (":" + ",".join(shown) if shown else "")
 
+    @property
+    def short_spec(self) -> str:
+        """The spec with only the parameters that differ from their defaults, e.g.
+        'mqueue-rtimer:min_age=10ms': what a table narrow enough to read shows."""
+        shown = [
+            f"{p.name}={p.format(self.values[p.name])}"
+            for p in self.params
+            if self.values[p.name] is not None and self.values[p.name] != p.default
+        ]
+        return self.name + (":" + ",".join(shown) if shown else "")
+
     def __repr__(self) -> str:
         return f"<Strategy {self.spec}>"
 

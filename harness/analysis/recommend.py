@@ -295,11 +295,7 @@ def _table(verdicts: Sequence[Verdict], question: Question) -> str:
 
 def _short(spec: str) -> str:
     """A spec without its default parameters, so a row fits."""
-    strategy = strategies.parse_spec(spec)
-    default = type(strategy)()
-    shown = [f"{p.name}={p.format(strategy.values[p.name])}" for p in strategy.params
-             if strategy.values[p.name] != default.values[p.name]]  # fmt: skip
-    text = strategy.name + (":" + ",".join(shown) if shown else "")
+    text = strategies.parse_spec(spec).short_spec
     return text if len(text) <= 44 else text[:43] + "…"
 
 

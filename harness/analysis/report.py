@@ -8,10 +8,12 @@ command that reproduces it.
 from __future__ import annotations
 
 import shlex
+import textwrap
 from pathlib import Path
 
 from tabulate import tabulate
 
+import strategies
 from harness.analysis import plots
 from harness.measure.results import RunResult
 
@@ -28,9 +30,13 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+WIDTH = 100
+"""Columns the default table and headline fit in; `--wide` shows every column."""
+
+
 def headline(result: RunResult) -> str:
     load = result.load
-    return (
+    text = (
         f"{result.target} target, load {load.spec}: {load.call_rate:g} calls/s, "
         f"{load.reinvite_rate:g} re-INVITEs/s offered; seed {result.seed}; "
         f"{result.server.children} SIP workers, {result.server.cores} cores, "
@@ -38,10 +44,61 @@ def headline(result: RunResult) -> str:
         + (f"; network {result.network}" if result.network else "")
         + (f"; costs {result.costs}" if result.costs else "")
     )
+    return "\n".join(textwrap.wrap(text, WIDTH, subsequent_indent="  "))
 
 
-def comparison_table(result: RunResult) -> str:
-    """One row per strategy: races, delay, early share, losses and CPU side by side."""
+def comparison_table(result: RunResult, wide: bool = False) -> str:
+    """One row per strategy: races, delay, early share, losses and CPU side by side. The
+    default fits `WIDTH` columns (strategies named by their non-default parameters, every
+    bad outcome in one column); `wide` shows each figure on its own."""
+    if wide:
+        return _wide_table(result)
+    rows = []
+    for s in result.strategies:
+        ledger = s.ledger
+        faults = (ledger.lost + ledger.timeout_408 + ledger.error_5xx + ledger.other
+                  + ledger.duplicated + ledger.stale + ledger.reordered)  # fmt: skip
+        rows.append([
+            _clip(strategies.parse_spec(s.strategy).short_spec, NAME_WIDTH),
+            ledger.race_491,
+            f"{_ms(s.delay_ms['p50'], 1)}/{_ms(s.delay_ms['p99'], 1)}",
+            _pct(s.early_share),
+            faults,
+            _pct(s.cpu.busy_share, 2),
+            _pct(s.cpu.idle_share, 2),
+            _num(s.cpu.per_txn_us),
+        ])  # fmt: skip
+    headers = ["strategy (non-default params)", "491", "delay ms p50/p99", "early%",
+               "faults", "CPU%", "idle%", "µs/txn"]  # fmt: skip
+    note = ("faults = lost + 408 + 5xx + other + duplicated + stale + reordered; "
+            "CPU% of all cores; --wide")  # fmt: skip
+    return _columns(headers, rows) + "\n" + note
+
+
+NAME_WIDTH = 32
+"""The strategy column of the default table: longer specs are clipped (`--wide` has them)."""
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _columns(headers: list[str], rows: list[list[object]]) -> str:
+    """A plain table: two spaces between columns, text left, figures right."""
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for n, row in enumerate(cells):
+        parts = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(parts).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _wide_table(result: RunResult) -> str:
     rows = []
     for s in result.strategies:
         ledger = s.ledger

@@ -1,0 +1,39 @@
+"""The comparison table a person reads after `deferbench run`: within 100 columns by default,
+every figure with `wide`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.analysis import report
+from harness.cli import main
+from harness.measure.results import read_result
+
+LOAD = "reinvite:rate=5/s,duration=2s,reinvites=4,gap=1ms"
+SPECS = ["inline", "mqueue-rtimer:timers=12,interval=10ms,min_age=10ms", "async-route:s=1"]
+
+
+def _result(tmp_path: Path):
+    flags = [f"--strategy={s}" for s in SPECS]
+    assert main(["run", *flags, "--load", LOAD, "--quiet", "--no-plots", "--out",
+                 str(tmp_path)]) == 0  # fmt: skip
+    return read_result(tmp_path / "result.json")
+
+
+def test_default_table_and_headline_fit_100_columns_and_name_strategies_briefly(tmp_path, capsys):
+    result = _result(tmp_path)
+    capsys.readouterr()
+    text = report.headline(result) + "\n" + report.comparison_table(result)
+    assert max(len(line) for line in text.splitlines()) <= 100
+    names = [line.split()[0] for line in report.comparison_table(result).splitlines()[2:5]]
+    assert names == ["inline", "mqueue-rtimer:min_age=10ms", "async-route:s=1,ms_timer=0,asyn…"]
+
+
+def test_wide_table_keeps_every_column_and_the_full_specs(tmp_path, capsys):
+    result = _result(tmp_path)
+    capsys.readouterr()
+    wide = report.comparison_table(result, wide=True)
+    for column in ("asked ms", "late p99", "e2e p99", "lost", "408", "dup/stale/reord",
+                   "wakes/s"):  # fmt: skip
+        assert column in wide.splitlines()[0]
+    assert result.strategies[1].strategy in wide
