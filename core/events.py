@@ -74,7 +74,8 @@ class SuspensionEvent:
 
     kind is one of: "suspended", "resumed", "absorbed" (a retransmission answered from
     state while suspended), "cancelled" (487 sent, continuation will be skipped),
-    "timed_out" (fr deadline: 408 sent, continuation will be discarded).
+    "timed_out" (fr deadline: 408 sent, continuation will be discarded), "freed" (the
+    transaction of a suspension is gone: a continue can only find nothing from now on).
     """
 
     kind: str

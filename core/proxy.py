@@ -404,7 +404,8 @@ class Proxy:
                 target.fr = None
                 actions += self._tm.branch_timeout(target, now)
             elif name == "wait":
-                self._tm.free(target)
+                if self._tm.free(target):
+                    actions.append(SuspensionEvent("freed", target.id, now))
             else:
                 try:
                     outputs = target.on_timer(name, now)

@@ -259,8 +259,11 @@ class TransactionTable:
             ticks = math.floor(now / tick + 1e-9) + math.ceil(self.config.wt_timer / tick - 1e-9)
             cell.wait = self.timers.schedule(ticks * tick, cell, "wait")
 
-    def free(self, cell: Cell) -> None:
-        """The wait timer fired: forget the cell; its id is never valid again."""
+    def free(self, cell: Cell) -> bool:
+        """The wait timer fired: forget the cell; its id is never valid again. True if the
+        cell was ever suspended (it had a blind branch): its deferral can no longer change,
+        except by a continue that finds nothing (stale)."""
+        deferred = any(branch.client is None for branch in cell.branches)
         cell.freed = True
         cell.wait = None  # its (fired) timer entry holds the cell: no cycle left behind
         self.cells.pop((cell.id.index, cell.id.label), None)
@@ -278,6 +281,7 @@ class TransactionTable:
                         del self.clients[client.key]
         cell.branches = []
         self.stats["transactions_freed"] += 1
+        return deferred
 
     def server_outputs(self, cell: Cell, outputs: Iterable, now: float) -> list[Action]:
         """What the cell's server transaction produced: sends go out; once it terminates, the

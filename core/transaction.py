@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.events import Address, Send
-from core.sip import SipMessage, SipRequest, SipResponse
+from core.sip import SipMessage, SipRequest, SipResponse, parse_message
 
 INVITE_CLIENT = "INVITE client"
 NON_INVITE_CLIENT = "non-INVITE client"
@@ -290,7 +290,8 @@ class Transaction:
         self._interval: dict[str, float] = {}
 
     def __repr__(self) -> str:
-        return f"<{self.kind} transaction {self.state} {self.request.method}>"
+        method = self.request.method if self.request is not None else "(settled)"
+        return f"<{self.kind} transaction {self.state} {method}>"
 
     @property
     def terminated(self) -> bool:
@@ -430,6 +431,16 @@ class ClientTransaction(Transaction):
         self.last_response = response
         return outputs
 
+    def settle(self) -> None:
+        """The user is done with the final answer: once nothing can make this transaction
+        send its request again (an INVITE accepted, a non-INVITE completed), drop the
+        request and the response. It lingers (Timer M, K) on its key, state and timers
+        alone: a few hundred bytes instead of two messages for up to 64·T1."""
+        state = self.state
+        if state == "accepted" or (self.kind == NON_INVITE_CLIENT and state == "completed"):
+            self.request = None  # type: ignore[assignment]
+            self.last_response = None
+
     def stop_retransmissions(self) -> None:
         """Stop re-sending the request and its timeout (Kamailio does this on fr expiry or
         CANCEL) while the transaction stays matchable for a late answer."""
@@ -452,7 +463,9 @@ class ServerTransaction(Transaction):
     requests without the RFC 3261 magic cookie fall back to an RFC 2543 style key.
     """
 
-    __slots__ = ("key", "last_response")
+    # The last response is `_last`, or, once settled, its bytes (`_wire`): parsed again
+    # only if a retransmission asks for it.
+    __slots__ = ("key", "_last", "_wire")
 
     def __init__(
         self,
@@ -466,12 +479,27 @@ class ServerTransaction(Transaction):
         kind = INVITE_SERVER if request.method == "INVITE" else NON_INVITE_SERVER
         self._init(kind, request, peer, heap, settings, owner)
         self.key = key if key is not None else server_key(request)
-        self.last_response: SipResponse | None = None
+        self._last: SipResponse | None = None
+        self._wire: bytes | None = None
+
+    @property
+    def last_response(self) -> SipResponse | None:
+        last = self._last
+        if last is None and self._wire is not None:
+            return parse_message(self._wire)  # type: ignore[return-value]
+        return last
+
+    @last_response.setter
+    def last_response(self, response: SipResponse | None) -> None:
+        self._last = response
+        self._wire = None
 
     @property
     def final_sent(self) -> bool:
-        last = self.last_response
-        return last is not None and last.status >= 200
+        last = self._last
+        if last is None:
+            return self._wire is not None  # settled: only after a final response
+        return last.status >= 200
 
     def start(self, now: float) -> list[TxnOutput]:
         """The request arrived for the first time: hand it to the user."""
@@ -487,8 +515,20 @@ class ServerTransaction(Transaction):
         event = "tu_1xx" if status < 200 else "tu_2xx" if status < 300 else "tu_300-699"
         return self._fire(event, response, now)
 
+    def settle(self) -> None:
+        """The user has answered finally: absorbing retransmissions needs only the key and
+        the last response, so the request goes and the response is kept as the bytes it
+        serialises to (parsed again if a retransmission needs it). A transaction lingering
+        on Timer L, J or G/H/I then costs a few hundred bytes instead of two messages."""
+        last = self._last
+        if last is not None and last.status >= 200:
+            self.request = None  # type: ignore[assignment]
+            self._wire = bytes(last)
+            self._last = None
+
     def _eff_send_response(self, arg: Any, message: Any, now: float, out: list) -> None:
-        self.last_response = message
+        self._last = message
+        self._wire = None
         out.append(Send(message, self.peer))
 
     def _eff_resend_response(self, arg: Any, message: Any, now: float, out: list) -> None:

@@ -96,7 +96,7 @@ class Wire:
 
 def agents(reinvites: int = 3, gap: float = 0.002, race_code: int = 491):
     ledger = Ledger(race_code=race_code)
-    uac = Uac(UAC, UAS, reinvites=reinvites, gap=gap, observer=ledger)
+    uac = Uac(UAC, UAS, reinvites=reinvites, gap=gap, observer=ledger, keep_timings=True)
     uas = Uas(UAS, race_code=race_code, observer=ledger)
     return uac, uas, ledger
 

@@ -54,7 +54,7 @@ def as_document(result: dict, load: LoadSpec) -> dict:
 
 @pytest.mark.parametrize("spec", strategies.names())
 def test_every_strategy_runs_the_call_flow_and_fits_the_result_schema(spec: str) -> None:
-    run = simulate(spec, SMALL, 1, SETTINGS)
+    run = simulate(spec, SMALL, 1, SETTINGS, keep_records=True)
     result = run.result
 
     parsed = RunResult.from_json(as_document(result, SMALL))  # strict reader: no ResultError
@@ -75,7 +75,7 @@ def test_every_strategy_runs_the_call_flow_and_fits_the_result_schema(spec: str)
 
 
 def test_every_transaction_gets_exactly_one_outcome() -> None:
-    run = simulate("inline", RACY, 7, SETTINGS, measure_idle=False)
+    run = simulate("inline", RACY, 7, SETTINGS, measure_idle=False, keep_records=True)
     keys = set(run.uac.timings)
     outcomes = [run.ledger.outcome(key) for key in keys]
     assert len(outcomes) == run.result["ledger"]["transactions"]
@@ -154,7 +154,7 @@ def test_e2e_latency_is_measured_from_the_intended_send_time_under_overload() ->
 
 
 def test_deferral_delay_lateness_and_early_share_come_from_the_server() -> None:
-    run = simulate("async-route:ms=10", SMALL, 4, SETTINGS, measure_idle=False)
+    run = simulate("async-route:ms=10", SMALL, 4, SETTINGS, measure_idle=False, keep_records=True)
     result = run.result
     delays = sorted(d.delay for d in run.server.deferrals.values() if d.delay is not None)
     assert len(delays) == result["ledger"]["transactions"]
@@ -322,3 +322,22 @@ def test_the_wakeup_tail_delays_hand_offs_under_traffic_but_not_idle_timers() ->
     plain = SimTarget(CostProfile()).run(spec, SMALL, 1, SETTINGS)["delay_ms"]["p50"]
     late = SimTarget(tail).run(spec, SMALL, 1, SETTINGS)["delay_ms"]["p50"]
     assert late > plain + 1.0
+
+
+# Long enough for transactions to be freed (wt_timer 5 s) while calls still start.
+LONGER = parse_load("reinvite:rate=5/s,duration=8s,reinvites=3,gap=0ms")
+
+
+@pytest.mark.parametrize("spec", ["mqueue-rtimer", "async-route:ms=10", "blocking-sleep:ms=10"])
+def test_streamed_records_give_the_result_kept_records_give(spec: str) -> None:
+    """Records are accounted as their transactions are freed and then dropped; keeping
+    them all instead changes no figure (the float sums included)."""
+    streamed = simulate(spec, LONGER, 3, SETTINGS, measure_idle=False)
+    kept = simulate(spec, LONGER, 3, SETTINGS, measure_idle=False, keep_records=True)
+    assert {k: v for k, v in streamed.result.items() if k not in WALL_CLOCK} == {
+        k: v for k, v in kept.result.items() if k not in WALL_CLOCK
+    }
+    assert streamed.result["ledger"]["transactions"] > 0
+    assert len(streamed.uac.timings) == 0 < len(kept.uac.timings)
+    if not spec.startswith("blocking"):  # it records without suspending: nothing to free
+        assert len(streamed.server.deferrals) < len(kept.server.deferrals)

@@ -96,10 +96,28 @@ class Deferral:
     outcome: str = "pending"  # pending | resumed | timed_out | cancelled
     resumes: int = 0  # continuations that found it (more than 1 is a duplicate)
     stale_continues: int = 0  # continues that found the transaction gone (NOT_FOUND)
+    slot: int = -1  # its place in suspend order, given by a `DeferralSink` (-1: none)
 
     @property
     def delay(self) -> float | None:
         return None if self.resumed_at is None else self.resumed_at - self.suspended_at
+
+
+class DeferralSink(Protocol):
+    """Where a server streams its deferral records instead of keeping them all (optional).
+
+    `opened` when a suspension is first recorded (the sink may give it a `slot`);
+    `retired` when its transaction is freed, after which the server forgets the record
+    (nothing but a stale continue can touch it any more); `stale` for a continue that finds
+    nothing and whose record was retired already. Records never retired (still live at
+    the end, or written by a strategy without a suspension) stay in `Server.deferrals`.
+    """
+
+    def opened(self, deferral: Deferral) -> None: ...
+
+    def retired(self, deferral: Deferral) -> None: ...
+
+    def stale(self, txn: TxnId) -> None: ...
 
 
 class Server:
@@ -130,6 +148,7 @@ class Server:
         self.processes: list[Process] = []
         self.counters: Counter[str] = Counter()
         self.deferrals: dict[TxnId, Deferral] = {}
+        self.deferral_sink: DeferralSink | None = None  # None: keep every record
         self.task_groups: dict[str, TaskGroup] = {}
         self.sip_socket = Queue(
             kernel, "udp", max(1, self.settings.maxbuffer // UDP_DATAGRAM_FOOTPRINT)
@@ -351,30 +370,42 @@ class Server:
         else:
             self.count(f"continue {outcome.value}")
             deferral = self.deferrals.get(txn)
-            if outcome is ContinueOutcome.NOT_FOUND and deferral is not None:
-                deferral.stale_continues += 1
+            if outcome is ContinueOutcome.NOT_FOUND:
+                if deferral is not None:
+                    deferral.stale_continues += 1
+                elif self.deferral_sink is not None:
+                    self.deferral_sink.stale(txn)
         yield from self.apply(process, actions)
         return outcome
 
     def _note(self, event: SuspensionEvent) -> None:
-        if event.kind == "suspended":
+        kind = event.kind
+        if kind == "suspended":
             if event.txn not in self.deferrals:
                 request = self.proxy.request_of(event.txn)
-                self.deferrals[event.txn] = Deferral(
+                deferral = self.deferrals[event.txn] = Deferral(
                     event.txn,
                     event.time,
                     call_id=request.call_id if request is not None else "",
                     cseq=request.cseq.number if request is not None else 0,
                 )
+                if self.deferral_sink is not None:
+                    self.deferral_sink.opened(deferral)
+            return
+        if kind == "freed":
+            if self.deferral_sink is not None:
+                deferral = self.deferrals.pop(event.txn, None)
+                if deferral is not None:
+                    self.deferral_sink.retired(deferral)
             return
         deferral = self.deferrals.get(event.txn)
         if deferral is None:
             return
-        if event.kind == "timed_out":
+        if kind == "timed_out":
             deferral.outcome = "timed_out"
-        elif event.kind == "cancelled":
+        elif kind == "cancelled":
             deferral.outcome = "cancelled"
-        elif event.kind == "absorbed":
+        elif kind == "absorbed":
             self.count("retransmissions absorbed while suspended")
 
     # ------------------------------------------------------------------ accounting

@@ -3,8 +3,10 @@
 Each call is INVITE, `reinvites` re-INVITEs `gap` apart, BYE, over the core's RFC 3261 client
 transactions (`core.transaction`, which retransmit over UDP); above them the UA core does
 what §13 asks of it: it acknowledges every 2xx, again on each retransmitted 2xx, also for
-`LINGER` seconds after its call ended. `Uac.timings` holds, per re-INVITE, when it was meant
-to go, went and was answered; `Uac.calls` how each call went.
+`LINGER` seconds after its call ended. `Uac.sent` and `Uac.e2e` hold, per re-INVITE in send
+order, when it went and its end-to-end latency (NaN while unanswered); `Uac.timings` the
+`ReinviteTiming` of each re-INVITE still unanswered (of every one with `keep_timings`);
+`Uac.calls` how each call went.
 
 Choices where the issue and the RFC leave room (all deliberate, all documented here):
 
@@ -37,6 +39,8 @@ the proxy runs.
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +116,7 @@ class ReinviteTiming:
     final_at: float | None = None
     status: int | None = None
     retransmissions: int = 0
+    slot: int = -1  # its place in `Uac.sent` / `Uac.e2e`
 
     @property
     def e2e(self) -> float | None:
@@ -181,6 +186,7 @@ class Uac(Endpoint):
         outbound_proxy: Address | None = None,
         observer: ReinviteObserver | None = None,
         timers: TimerSettings | None = None,
+        keep_timings: bool = False,
     ) -> None:
         if reinvites < 0:
             raise ValueError(f"reinvites must be >= 0, got {reinvites}")
@@ -194,7 +200,12 @@ class Uac(Endpoint):
         self.observer = observer if observer is not None else NO_OBSERVER
         self.settings = timers or TimerSettings()
         self.calls: list[CallRecord] = []
+        # Per re-INVITE in send order: when it went, and its e2e once answered (NaN before);
+        # its ReinviteTiming stays in `timings` until answered (for good: `keep_timings`).
+        self.sent = array("d")
+        self.e2e = array("d")
         self.timings: dict[Key, ReinviteTiming] = {}
+        self.keep_timings = keep_timings
         self.counters: Counter[str] = Counter()
         self.active = 0
         self._heap = TimerHeap()
@@ -266,13 +277,19 @@ class Uac(Endpoint):
         cseq = call.cseq
         request = self._build(call, method, cseq, f"{call.record.index}.{cseq}")
         assert call.next_hop is not None
-        txn = ClientTransaction(request, call.next_hop, self._heap, self.settings, call)
+        # The owner says what the UA core needs of the request once the transaction has
+        # settled (dropped it): its call, method and CSeq number.
+        owner = (call, method, cseq)
+        txn = ClientTransaction(request, call.next_hop, self._heap, self.settings, owner)
         self._clients[txn.key] = txn
         if method == "INVITE" and cseq > 1:
             call.reinvites_sent += 1
             key = (call.call_id, cseq)
             planned = now if intended is None else intended
-            self.timings[key] = ReinviteTiming(call.record.index, cseq, planned, now)
+            timing = ReinviteTiming(call.record.index, cseq, planned, now, slot=len(self.sent))
+            self.timings[key] = timing
+            self.sent.append(now)
+            self.e2e.append(math.nan)
             self.observer.open(key)
         return self._outputs(txn, txn.start(now), now)
 
@@ -334,15 +351,15 @@ class Uac(Endpoint):
                 sends += self._on_timeout(txn, now)
             elif out is TERMINATED and self._clients.get(txn.key) is txn:
                 del self._clients[txn.key]
+        txn.settle()  # answered for good: it lingers (Timer M, K) without its messages
         return sends
 
     def _on_response(self, txn: ClientTransaction, response: SipResponse, now: float) -> list[Send]:
         status = response.status
         if status < 200:
             return []
-        call: _Call = txn.owner
-        method = txn.request.method
-        cseq = txn.request.cseq.number
+        call: _Call
+        call, method, cseq = txn.owner
         if method == "BYE":
             self._end(call, "completed" if status < 300 else "failed", now)
             return []
@@ -384,12 +401,14 @@ class Uac(Endpoint):
         if timing is not None and timing.status is None:
             timing.status = status
             timing.final_at = now
+            self.e2e[timing.slot] = now - timing.intended
+            if not self.keep_timings:
+                del self.timings[key]
             self.observer.final(key, status)
 
     def _on_timeout(self, txn: ClientTransaction, now: float) -> list[Send]:
-        call: _Call = txn.owner
-        method = txn.request.method
-        cseq = txn.request.cseq.number
+        call: _Call
+        call, method, cseq = txn.owner
         self.counters[f"{method} timeouts"] += 1
         if call.ended:
             return []

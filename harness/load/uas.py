@@ -112,7 +112,9 @@ class Uas(Endpoint):
             self._servers[key] = txn
             txn.start(now)
             response = self._answer(message, txn, now)
-            return self._outputs(txn, txn.send_response(response, now), now)
+            outputs = txn.send_response(response, now)
+            txn.settle()  # answered: it lingers on its key and response alone
+            return self._outputs(txn, outputs, now)
         except (SipParseError, ValueError, TransactionError):
             self.counters["requests refused"] += 1
             return []

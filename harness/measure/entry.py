@@ -19,14 +19,16 @@ This module does no I/O and reads no clock.
 
 from __future__ import annotations
 
+import math
+from array import array
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from harness.load.endpoints import Uac, Uas
 from harness.load.spec import LoadSpec
-from harness.measure.ledger import Ledger
+from harness.measure.ledger import Key, Ledger
 from harness.measure.metrics import Distribution, early_share, lateness_summary
 from strategies.base import Strategy
 
@@ -100,30 +102,86 @@ class UacFigures:
     @classmethod
     def of(cls, uac: Uac, calls_planned: int) -> UacFigures:
         """From the harness's own UAC."""
-        timings = list(uac.timings.values())
         return cls(
-            tuple(t.sent for t in timings),
-            tuple(t.e2e for t in timings),
+            tuple(uac.sent),
+            tuple(None if math.isnan(e2e) else e2e for e2e in uac.e2e),
             uac.active + calls_planned - len(uac.calls),
         )
+
+
+class DeferralTally:
+    """Deferral records accounted as each becomes final, so a run keeps no record per
+    deferral: resumes and stale continues go to the ledger, the delay into an array of
+    doubles at the record's place in suspend order (the order the records were kept in,
+    which the float sum of the mean depends on), the resuming role into a counter.
+
+    It is the sink a sim server streams to (`core.runtime.server.DeferralSink`): `opened`
+    gives a suspension its place, `retired` accounts it when its transaction is freed, and
+    `stale` reports a continue that comes after that. For that last case it keeps the
+    ledger key of each retired transaction under a packed id (two ints a deferral, no
+    record). `role_of` maps a process name to its role. Records handed to `add` without a
+    place (a strategy that records without suspending, other targets) follow in the order
+    given.
+    """
+
+    def __init__(self, ledger: Ledger, role_of: Callable[[str], str] | None = None) -> None:
+        self.ledger = ledger
+        self._role_of = role_of
+        self._delays = array("d")
+        self.resumed_by: Counter[str] = Counter()
+        self._retired: dict[int, Key] = {}
+
+    def opened(self, deferral: Any) -> None:
+        deferral.slot = len(self._delays)
+        self._delays.append(math.nan)
+
+    def retired(self, deferral: Any) -> None:
+        """A `core.runtime.server.Deferral` that can no longer change (or the run ended)."""
+        by = deferral.resumed_by
+        role = "" if not by else self._role_of(by) if self._role_of else "unknown"
+        key = self._account(deferral, role)
+        txn = deferral.txn
+        self._retired[txn.index << 32 | txn.label] = key
+
+    def stale(self, txn: Any) -> None:
+        key = self._retired.get(txn.index << 32 | txn.label)
+        if key is not None:
+            self.ledger.stale(key)
+
+    def add(self, record: DeferralRecord) -> None:
+        """A record accounted at the end (a target that keeps them, a live record)."""
+        self._account(record, record.resumed_by)
+
+    def _account(self, record: Any, role: str) -> Key:
+        key = (record.call_id, record.cseq)
+        ledger = self.ledger
+        for _ in range(record.resumes):
+            ledger.resumed(key)
+        if record.stale_continues:
+            ledger.stale(key)
+        if record.resumed_at is not None:
+            delay = record.resumed_at - record.suspended_at
+            slot = getattr(record, "slot", -1)
+            if slot >= 0:
+                self._delays[slot] = delay
+            else:
+                self._delays.append(delay)
+            self.resumed_by[role or "unknown"] += 1
+        return key
+
+    def delays(self) -> list[float]:
+        """Every resumed deferral's delay (s), in suspend order."""
+        return [d for d in self._delays if not math.isnan(d)]
 
 
 def account_deferrals(
     ledger: Ledger, records: Iterable[DeferralRecord]
 ) -> tuple[list[float], Counter[str]]:
     """Report resumes and stale continues to the ledger; the delays and who resumed."""
-    delays: list[float] = []
-    resumed_by: Counter[str] = Counter()
+    tally = DeferralTally(ledger)
     for record in records:
-        key = (record.call_id, record.cseq)
-        for _ in range(record.resumes):
-            ledger.resumed(key)
-        if record.stale_continues:
-            ledger.stale(key)
-        if record.resumed_at is not None:
-            delays.append(record.resumed_at - record.suspended_at)
-            resumed_by[record.resumed_by or "unknown"] += 1
-    return delays, resumed_by
+        tally.add(record)
+    return tally.delays(), tally.resumed_by
 
 
 def cpu_figures(window: CpuWindow, idle: CpuWindow | None, sent_in_window: int) -> dict[str, Any]:
@@ -142,6 +200,25 @@ def cpu_figures(window: CpuWindow, idle: CpuWindow | None, sent_in_window: int) 
             for role in sorted(set(window.busy) | set(window.wakeups))
         },
     }
+
+
+def _counters(
+    counters: Mapping[str, int],
+    resumed_by: Counter[str],
+    sources: Iterable[tuple[str, Mapping[str, Any]]],
+    calls_planned: int,
+    calls_unfinished: int,
+) -> dict[str, int]:
+    """The `counters` object: the server's, who resumed, then each source under its prefix."""
+    out: dict[str, int] = dict(sorted(counters.items()))
+    for role, n in sorted(resumed_by.items()):
+        out[f"resumed by {role}"] = n
+    for prefix, source in sources:
+        for name, value in sorted(source.items()):
+            out[f"{prefix}: {name}"] = int(value)
+    out["calls planned"] = calls_planned
+    out["calls unfinished"] = calls_unfinished
+    return out
 
 
 def strategy_entry(
@@ -163,6 +240,7 @@ def strategy_entry(
     wall: float,
     speed_wall: float | None,
     load_start: float = 0.0,
+    tally: DeferralTally | None = None,
 ) -> dict[str, Any]:
     """One strategy entry of `deferbench.result/1`.
 
@@ -170,11 +248,16 @@ def strategy_entry(
     order; re-INVITEs count as sent in the window when sent before `load_start +
     window.seconds` (UAC clock). `speed_wall`: wall seconds the loaded run took, for the
     simulation speed figure (None: not a simulation). `uac` is the harness's UAC or, for
-    another driver, its `UacFigures` (`uas` is not read).
+    another driver, its `UacFigures` (`uas` is not read). `tally`: the deferrals streamed
+    during the run (`records` then holds those it has not seen).
     """
     if not isinstance(uac, UacFigures):
         uac = UacFigures.of(uac, calls_planned)
-    delays, resumed_by = account_deferrals(ledger, records)
+    if tally is None:
+        tally = DeferralTally(ledger)
+    for record in records:
+        tally.add(record)
+    delays, resumed_by = tally.delays(), tally.resumed_by
     summary = ledger.close()
 
     delay = Distribution()
@@ -191,15 +274,7 @@ def strategy_entry(
     requested = strategy.requested_delay
     delay_ms = delay.summary()
 
-    out: dict[str, int] = dict(sorted(counters.items()))
-    for role, n in sorted(resumed_by.items()):
-        out[f"resumed by {role}"] = n
-    for prefix, source in sources:
-        for name, value in sorted(source.items()):
-            out[f"{prefix}: {name}"] = int(value)
-    out["calls planned"] = calls_planned
-    out["calls unfinished"] = uac.calls_unfinished
-
+    out = _counters(counters, resumed_by, sources, calls_planned, uac.calls_unfinished)
     return {
         "strategy": strategy.spec,
         "params": dict(strategy.values),

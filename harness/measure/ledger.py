@@ -25,6 +25,7 @@ This module does no I/O and knows nothing about SIP messages.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -82,27 +83,38 @@ class LedgerSummary:
         return tuple(f.name for f in fields(cls))
 
 
-@dataclass(slots=True)
-class _Entry:
-    final: int | None = None
-    resumes: int = 0
-    stale: bool = False
-    reordered: bool = False
-    retransmissions: int = 0
+# What the ledger keeps of one transaction, packed in a small int (CPython shares those:
+# an entry costs its key and a dict slot): resumes seen (0, 1, 2 = more), the stale and
+# reordered flags, and the class of the first final response.
+_RESUMES = 0b11
+_STALE = 1 << 2
+_REORDERED = 1 << 3
+_FINAL_SHIFT = 4
+_NO_FINAL, _RACE, _TIMEOUT, _ERROR_5XX, _OTHER, _SUCCESS = range(6)
+_BY_FINAL = {
+    _NO_FINAL: "lost",
+    _RACE: "race_491",
+    _TIMEOUT: "timeout_408",
+    _ERROR_5XX: "error_5xx",
+    _OTHER: "other",
+    _SUCCESS: "resumed",
+}
 
 
 class Ledger:
     """Collects events per transaction; `close()` turns them into a LedgerSummary.
 
     `race_code` is the final status counted as a lost glare race (the load's race_code).
+    Each transaction costs its key and a small int (see `_RESUMES`), not a record.
     """
 
     def __init__(self, race_code: int = 491) -> None:
         self.race_code = race_code
-        self._entries: dict[Key, _Entry] = {}
+        self._entries: dict[Key, int] = {}
         self._highest_cseq: dict[Any, int] = {}
         self.unknown_events = 0
         self.duplicate_open = 0
+        self.retransmissions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -112,13 +124,24 @@ class Ledger:
         if key in self._entries:
             self.duplicate_open += 1
         else:
-            self._entries[key] = _Entry()
+            self._entries[key] = 0
 
-    def _entry(self, key: Key) -> _Entry | None:
+    def _entry(self, key: Key) -> int | None:
         entry = self._entries.get(key)
         if entry is None:
             self.unknown_events += 1
         return entry
+
+    def _final_class(self, status: int) -> int:
+        if status == self.race_code:
+            return _RACE
+        if status == 408:
+            return _TIMEOUT
+        if 500 <= status <= 599:
+            return _ERROR_5XX
+        if status >= 300:
+            return _OTHER
+        return _SUCCESS
 
     def final(self, key: Key, status: int) -> None:
         """The UAC received a final response; only the first one per key is its outcome."""
@@ -127,18 +150,18 @@ class Ledger:
         entry = self._entry(key)
         if entry is None:
             return
-        if entry.final is None:
-            entry.final = status
+        if entry >> _FINAL_SHIFT == _NO_FINAL:
+            self._entries[key] = entry | self._final_class(status) << _FINAL_SHIFT
 
     def resumed(self, key: Key) -> None:
         """The proxy ran the continuation of this transaction (twice or more: duplicated)."""
-        if (entry := self._entry(key)) is not None:
-            entry.resumes += 1
+        if (entry := self._entry(key)) is not None and entry & _RESUMES < 2:
+            self._entries[key] = entry + 1
 
     def stale(self, key: Key) -> None:
         """A continue for this transaction found nothing to continue."""
         if (entry := self._entry(key)) is not None:
-            entry.stale = True
+            self._entries[key] = entry | _STALE
 
     def reached_uas(self, key: Key, dialog: Any, cseq: int) -> None:
         """The UAS received it; lower than a CSeq already seen on the dialog means reordered."""
@@ -147,38 +170,27 @@ class Ledger:
             return
         highest = self._highest_cseq.get(dialog)
         if highest is not None and cseq < highest:
-            entry.reordered = True
+            self._entries[key] = entry | _REORDERED
         else:
             self._highest_cseq[dialog] = cseq
 
     def retransmission(self, key: Key) -> None:
         """A retransmitted request the proxy absorbed (not an outcome)."""
-        if (entry := self._entry(key)) is not None:
-            entry.retransmissions += 1
+        if self._entry(key) is not None:
+            self.retransmissions += 1
 
     def outcome(self, key: Key) -> str:
         """The single outcome of one transaction as things stand (KeyError if never opened)."""
         return self._outcome(self._entries[key])
 
-    def _outcome(self, entry: _Entry) -> str:
-        if entry.resumes > 1:
+    def _outcome(self, entry: int) -> str:
+        if entry & _RESUMES > 1:
             return "duplicated"
-        if entry.stale:
+        if entry & _STALE:
             return "stale"
-        if entry.reordered:
+        if entry & _REORDERED:
             return "reordered"
-        status = entry.final
-        if status is None:
-            return "lost"
-        if status == self.race_code:
-            return "race_491"
-        if status == 408:
-            return "timeout_408"
-        if 500 <= status <= 599:
-            return "error_5xx"
-        if status >= 300:
-            return "other"
-        return "resumed"
+        return _BY_FINAL[entry >> _FINAL_SHIFT]
 
     def close(self) -> LedgerSummary:
         """Give each transaction its one outcome; transactions with no final response are lost.
@@ -186,13 +198,11 @@ class Ledger:
         Does not change the ledger: closing again after more events gives the new summary.
         """
         counts = dict.fromkeys(OUTCOMES, 0)
-        retransmissions = 0
-        for entry in self._entries.values():
-            counts[self._outcome(entry)] += 1
-            retransmissions += entry.retransmissions
+        for entry, n in Counter(self._entries.values()).items():
+            counts[self._outcome(entry)] += n
         return LedgerSummary(
             transactions=len(self._entries),
-            retransmissions=retransmissions,
+            retransmissions=self.retransmissions,
             unknown_events=self.unknown_events,
             duplicate_open=self.duplicate_open,
             **counts,

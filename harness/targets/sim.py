@@ -7,7 +7,8 @@ every call has finished, or at duration + fr_timer + 5 s at the latest (a transa
 nobody resumes is answered 408 by the fr_timer, so that bound accounts for every one).
 
 Figures, all on virtual time:
-- delay: resume − suspend of each deferral the server recorded (`server.deferrals`);
+- delay: resume − suspend of each deferral the server recorded, streamed to a
+  `DeferralTally` as each transaction is freed (`server.deferrals` keeps the live ones);
   lateness and the early share against the strategy's requested delay.
 - e2e: intended send time of each re-INVITE -> its first final response at the UAC.
 - ledger: the UAC/UAS reports plus the server's resumes (more than one: duplicated) and
@@ -39,7 +40,7 @@ from core.runtime.server import Server, ServerSettings
 from harness.load.endpoints import Uac, Uas
 from harness.load.network import UAC, UAS, Link, SimHost, SimNetwork, Wire
 from harness.load.spec import LoadSpec, schedule
-from harness.measure.entry import CpuWindow, DeferralRecord, strategy_entry
+from harness.measure.entry import CpuWindow, DeferralTally, strategy_entry
 from harness.measure.ledger import Ledger
 from harness.targets.base import TargetOptions, refuse
 from strategies import parse_spec
@@ -93,6 +94,7 @@ class SimRun:
     network: SimNetwork
     end: float  # virtual time the run stopped
     calls_planned: int
+    tally: DeferralTally | None = None  # the deferrals streamed as their transactions went
     window: _Window | None = None  # busy time and wake-ups over [0, duration]
     samples: list[int] = field(default_factory=list)  # queue depth every 10 ms
 
@@ -157,15 +159,21 @@ def simulate(
     links: Links | None = None,
     wire: Wire = "objects",
     measure_idle: bool = True,
+    keep_records: bool = False,
 ) -> SimRun:
-    """`SimTarget.run`, keeping the server, ledger, endpoints and network for inspection."""
+    """`SimTarget.run`, keeping the server, ledger, endpoints and network for inspection.
+
+    Per-transaction records are accounted as each becomes final and then dropped, so a run's
+    memory does not grow with its length; `keep_records` keeps them all instead (every
+    deferral in `server.deferrals`, every re-INVITE's timing in `uac.timings`), for tests.
+    The result is the same either way."""
     strategy = parse_spec(strategy_spec)  # SpecError (one line) before anything runs
     settings = replace(settings or ServerSettings(), seed=seed)
     costs = costs or CostProfile()
     links = links or Links()
     with sim_gc():  # the result is built from the run's live objects: no collector either
         return _simulate(strategy_spec, strategy, load, seed, settings, costs, links, wire,
-                         measure_idle)  # fmt: skip
+                         measure_idle, keep_records)  # fmt: skip
 
 
 def _simulate(
@@ -178,9 +186,10 @@ def _simulate(
     links: Links,
     wire: Wire,
     measure_idle: bool,
+    keep_records: bool,
 ) -> SimRun:
     started = time.perf_counter()
-    run = _run_loaded(strategy, load, seed, settings, costs, links, wire)
+    run = _run_loaded(strategy, load, seed, settings, costs, links, wire, keep_records)
     loaded_wall = time.perf_counter() - started
     idle: _Window | None = None
     if load.rate <= 0:
@@ -204,6 +213,7 @@ def _run_loaded(
     costs: CostProfile,
     links: Links,
     wire: Wire,
+    keep_records: bool = False,
 ) -> SimRun:
     plans = schedule(load, seed) if load.rate > 0 else []
     duration = load.duration
@@ -221,6 +231,9 @@ def _run_loaded(
             send(message, proxy, destination)
 
         server = Server(kernel, strategy, settings, costs, transport)
+        tally = DeferralTally(ledger, _role_lookup(server))
+        if not keep_records:
+            server.deferral_sink = tally  # records are accounted as they go, not kept
         # The proxy core never edits what it is handed (it copies before it changes a
         # header), so it shares the senders' objects instead of getting a copy of each.
         network.attach(proxy, server.receive, owns=False, takes_bytes=True)
@@ -231,11 +244,12 @@ def _run_loaded(
             gap=load.gap,
             outbound_proxy=proxy,
             observer=ledger,
+            keep_timings=keep_records,
         )
         uas = Uas(UAS, race_code=load.race_code, observer=ledger)
         uac_host = SimHost(kernel, network, UAC, uac)
         SimHost(kernel, network, UAS, uas)
-        run = SimRun({}, kernel, server, ledger, uac, uas, network, 0.0, len(plans))
+        run = SimRun({}, kernel, server, ledger, uac, uas, network, 0.0, len(plans), tally)
         holder.append(run)
 
         def start_call(i: int) -> None:
@@ -271,6 +285,18 @@ def _run_loaded(
     return holder[0]
 
 
+def _role_lookup(server: Server) -> Any:
+    """Process name -> role, over the processes the server has forked so far."""
+    roles: dict[str, str] = {}
+
+    def role_of(name: str) -> str:
+        if name not in roles:
+            roles.update((process.name, process.role) for process in server.processes)
+        return roles.get(name, "unknown")
+
+    return role_of
+
+
 def _run_idle_window(
     strategy_spec: str, duration: float, settings: ServerSettings, costs: CostProfile
 ) -> _Window:
@@ -302,13 +328,17 @@ def _result(
 ) -> dict[str, Any]:
     server = run.server
     assert run.window is not None
-    role_of = {process.name: process.role for process in server.processes}
+    tally = run.tally
+    assert tally is not None
+    for deferral in server.deferrals.values():  # still live when the run ended
+        tally.retired(deferral)
     return strategy_entry(
         strategy=strategy,
         target=TARGET,
         load=load,
         seed=seed,
-        records=[DeferralRecord.of(d, role_of) for d in server.deferrals.values()],
+        records=(),
+        tally=tally,
         ledger=run.ledger,
         uac=run.uac,
         uas=run.uas,
