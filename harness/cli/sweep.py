@@ -19,19 +19,19 @@ from tabulate import tabulate
 
 import strategies
 from core.runtime.server import ServerSettings
-from harness import targets
 from harness.analysis import report
 from harness.analysis.sweep import SweepPoint
 from harness.cli.common import (
     UsageError,
     add_network_flag,
     add_server_flags,
+    build_target,
     rate_list,
     server_settings,
 )
 from harness.load.spec import LoadSpec, parse_load
 from harness.profile import sim_profile
-from harness.targets import Target, TargetOptions
+from harness.targets import Target
 from strategies.spec import parse_duration
 
 
@@ -105,7 +105,7 @@ def cmd(args: argparse.Namespace) -> int:
 
     settings = server_settings(args)
     costs, source = sim_profile(args.costs)
-    target = targets.build("sim", TargetOptions(costs=costs, costs_source=source))
+    target = build_target("sim", args, costs, source)
     rates = rate_list(args.rates, "--rates")
     try:
         bound = parse_duration(args.bound) * 1e3
@@ -117,6 +117,8 @@ def cmd(args: argparse.Namespace) -> int:
     points = _run(args, specs, rates, load, settings, target)
     caps = capacity(points, bound, e2e_bound)
     answer = None
+    if args.target_rate and not args.param:
+        raise UsageError("--target-rate needs --param: it asks for the smallest value of one")
     if args.param and args.target_rate:
         answer = tuning_answer(points, caps, args.target_rate)
     _print_tables(args, points, caps, answer, bound, e2e_bound)
@@ -181,9 +183,10 @@ def _print_tables(
     """The points table, the capacity table and, if asked for, the tuning answer."""
     rows = [
         [
-            p.strategy,
+            strategies.parse_spec(p.strategy).short_spec,
             f"{p.reinvite_rate:g}",
-            "yes" if p.clean() else "no",
+            p.races,
+            report._pct(p.entry["early_share"]),
             report._ms(p.lateness_p99),
             report._ms(p.e2e_p99),
             report._pct(p.busy_share, 2),
@@ -191,39 +194,48 @@ def _print_tables(
         ]
         for p in points
     ]
+    headers = ["strategy (non-default params)", "re-INV/s", "491", "early %", "late p99 ms",
+               "e2e p99 ms", "CPU %", f"within {args.bound}/{args.e2e_bound}"]  # fmt: skip
+    print(tabulate(rows, headers=headers, disable_numparse=True))
     print(
-        tabulate(
-            rows,
-            headers=[
-                "strategy",
-                "re-INV/s",
-                "clean",
-                "late p99 ms",
-                "e2e p99 ms",
-                "CPU %",
-                f"within {args.bound}/{args.e2e_bound}",
-            ],
-            disable_numparse=True,
-        )
+        f"\ncapacity (no loss/408/5xx/duplicate, p99 lateness <= {args.bound}, p99 e2e <= "
+        f"requested + {args.e2e_bound};\n491 races and the early share are shown above, not "
+        "counted):"
     )
-    print(
-        f"\ncapacity (clean ledger, p99 lateness <= {args.bound}, "
-        f"p99 e2e <= requested + {args.e2e_bound}):"
-    )
+    top = max(p.reinvite_rate for p in points)
     print(
         tabulate(
             [
-                [v, "below lowest rate" if c is None else f"{c:g} re-INVITEs/s"]
+                [strategies.parse_spec(v).short_spec, _capacity_text(c, top)]
                 for v, c in caps.items()
             ],
             headers=["strategy", "capacity"],
         )
     )
     if answer is not None:
-        name = args.param.partition("=")[0]
-        print(f"\nfor {args.target_rate:g} re-INVITEs/s, smallest {name}:")
-        for base, value in answer.items():
-            print(f"  {base}: {'none of the swept values' if value is None else value}")
+        _print_tuning(args, answer, top)
+
+
+def _capacity_text(capacity: float | None, top: float) -> str:
+    if capacity is None:
+        return "below the lowest rate swept"
+    if capacity >= top:
+        return f">= {capacity:g} re-INVITEs/s (the highest rate swept)"
+    return f"{capacity:g} re-INVITEs/s"
+
+
+def _print_tuning(args: argparse.Namespace, answer: dict[str, Any], top: float) -> None:
+    name = args.param.partition("=")[0]
+    print(f"\nfor {args.target_rate:g} re-INVITEs/s, the smallest {name}:")
+    for spec, found in answer.items():
+        base = strategies.parse_spec(spec).name
+        if found is not None:
+            print(f"  {base}: {name}={found[0]} ({strategies.parse_spec(found[1]).short_spec})")
+        elif args.target_rate > top:
+            print(f"  {base}: not answerable: {args.target_rate:g}/s is above the highest rate "
+                  f"swept ({top:g}/s); add it to --rates")  # fmt: skip
+        else:
+            print(f"  {base}: none of the swept values carries {args.target_rate:g}/s")
 
 
 def _write(
@@ -252,7 +264,8 @@ def _write(
         "bound_ms": bound,
         "e2e_bound_ms": e2e_bound,
         "capacity": caps,
-        "tuning": answer,
+        "tuning": None if answer is None else {b: f and f[0] for b, f in answer.items()},
+        "tuning_spec": None if answer is None else {b: f and f[1] for b, f in answer.items()},
         "target_rate": args.target_rate,
         "points": [
             {

@@ -219,7 +219,7 @@ def capacities(
         repeats = min(len(runs[spec, rate]) for rate in rates)
         each = []
         for n in range(repeats):
-            sweep = [SweepPoint(spec, spec, None, None, rate, _for_capacity(runs[spec, rate][n]))
+            sweep = [SweepPoint(spec, spec, None, None, rate, runs[spec, rate][n])
                      for rate in rates]  # fmt: skip
             each.append(capacity(sweep, BOUND_MS, E2E_BOUND_MS)[spec] or 0.0)
         best = statistics.median_low(each)
@@ -227,18 +227,9 @@ def capacities(
     return out
 
 
-def _for_capacity(entry: dict[str, Any]) -> dict[str, Any]:
-    """The entry as capacity judges it: races not counted; a run that deferred nothing
-    (inline) has no lateness, so only the ledger and e2e count."""
-    entry = {**entry, "ledger": {**entry["ledger"], "race_491": 0}}
-    if entry["lateness_ms"]["p99"] is not None or entry["requested_delay_ms"]:
-        return entry
-    return {**entry, "lateness_ms": {**entry["lateness_ms"], "p99": 0.0}}
-
-
 def capacity_failure(entry: Mapping[str, Any]) -> str:
     """Which capacity criterion a run fails ("" if none): ledger, p99 lateness, p99 e2e."""
-    point = SweepPoint("", "", None, None, 0.0, _for_capacity(dict(entry)))
+    point = SweepPoint("", "", None, None, 0.0, dict(entry))
     return ", ".join(point.failures(BOUND_MS, E2E_BOUND_MS))
 
 
