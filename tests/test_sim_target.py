@@ -341,3 +341,9 @@ def test_streamed_records_give_the_result_kept_records_give(spec: str) -> None:
     assert len(streamed.uac.timings) == 0 < len(kept.uac.timings)
     if not spec.startswith("blocking"):  # it records without suspending: nothing to free
         assert len(streamed.server.deferrals) < len(kept.server.deferrals)
+
+
+def test_the_speed_yardstick_makes_every_sleep_resume_it_counts() -> None:
+    from tests.benchmarks.sim_speed import YARDSTICK_STEPS, yardstick
+
+    assert yardstick(64) == 64 * YARDSTICK_STEPS
