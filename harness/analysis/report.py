@@ -202,7 +202,7 @@ def write_plots(result: RunResult, directory: Path) -> list[Path]:
     delays = {}
     requested = {}
     for s in result.strategies:
-        label = s.strategy
+        label = strategies.parse_spec(s.strategy).short_spec
         spectra[label] = s.delay_distribution().percentile_spectrum()
         e2e[label] = s.e2e_distribution().percentile_spectrum()
         delays[label] = s.delay_distribution().samples_ms()

@@ -282,7 +282,9 @@ def _write(
     (out / "sweep.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
     series: dict[str, list[tuple[float, float | None, float | None]]] = {}
     for p in points:
-        series.setdefault(p.strategy, []).append((p.reinvite_rate, p.lateness_p99, p.busy_share))
+        label = strategies.parse_spec(p.strategy).short_spec
+        series.setdefault(label, []).append((p.reinvite_rate, p.lateness_p99, p.busy_share))
     if not args.no_plots:
-        plots.sweep(series, out / "sweep.png", f"sweep, {load.spec}")
+        shape = f"{load.reinvites} re-INVITEs per call, {load.gap * 1e3:g} ms after each ACK"
+        plots.sweep(series, out / "sweep.png", f"offered re-INVITE rate swept; {shape}")
     return out
