@@ -20,6 +20,7 @@ from core.runtime.server import ServerSettings
 from harness.load.spec import LoadSpec, parse_load
 from harness.measure.results import MachineFacts, RunResult, tool_version, utc_now
 from harness.targets import Target
+from harness.targets.children import pool_worker_init
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +44,21 @@ Progress = Callable[[int, int, str, float], None]
 
 
 def execute(
-    jobs: Sequence[Job], executor: Executor | None = None, progress: Progress | None = None
+    jobs: Sequence[Job],
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+    finished: dict[int, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run `jobs`, in parallel when an executor is given; results in the order of `jobs`."""
+    """Run `jobs`, in parallel when an executor is given; results in the order of `jobs`.
+    Each result also goes into `finished` (job index -> entry) as it arrives: what a run
+    stopped by a signal still has."""
     started = time.perf_counter()
     results: list[dict[str, Any] | None] = [None] * len(jobs)
+    if finished is None:
+        finished = {}
     if executor is None:
         for i, job in enumerate(jobs):
-            results[i] = run_job(job)
+            results[i] = finished[i] = run_job(job)
             if progress:
                 progress(i + 1, len(jobs), job.strategy, time.perf_counter() - started)
     else:
@@ -59,7 +67,7 @@ def execute(
         }
         for done, future in enumerate(as_completed(futures), start=1):
             index = futures[future]
-            results[index] = future.result()
+            results[index] = finished[index] = future.result()
             if progress:
                 progress(done, len(jobs), jobs[index].strategy, time.perf_counter() - started)
     return [r for r in results if r is not None]
@@ -82,11 +90,14 @@ def execute_repeated(
     repeat: int,
     executor: Executor | None = None,
     progress: Progress | None = None,
+    finished: dict[int, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run `jobs` `repeat` times in alternating rounds (A B C, A B C, ...), so slow phases of a
     noisy machine hit every strategy alike; each entry gets `samples` of its wall-clock
-    figures. Sim figures must not change between rounds: that would be a determinism bug."""
-    rounds = [execute(jobs, executor, progress) for _ in range(repeat)]
+    figures. Sim figures must not change between rounds: that would be a determinism bug.
+    `finished` gets the first round's entries as they arrive (see `execute`)."""
+    rounds = [execute(jobs, executor, progress, finished if n == 0 else None)
+              for n in range(repeat)]  # fmt: skip
     if repeat == 1:
         return rounds[0]  # one value is no sample: nothing for a statistical check to judge
     merged = []
@@ -115,9 +126,28 @@ def _without_wall_clock(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def local_executor(jobs: int | None = None) -> ProcessPoolExecutor | None:
-    """A process pool on this machine's cores (None for a single job: run in-process)."""
+    """A process pool on this machine's cores (None for a single job: run in-process). Its
+    workers die with this process, even by kill -9 (`children.pool_worker_init`)."""
     workers = jobs or os.cpu_count() or 1
-    return ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    if workers <= 1:
+        return None
+    return ProcessPoolExecutor(
+        max_workers=workers, initializer=pool_worker_init, initargs=(os.getpid(),)
+    )
+
+
+def stop_pool(executor: Executor | None, timeout: float = 5.0) -> None:
+    """Stop a process pool now: kill its workers by PID (their jobs are lost), then shut
+    it down without waiting for them. Other executors are shut down without waiting."""
+    if executor is None:
+        return
+    processes = list((getattr(executor, "_processes", None) or {}).values())
+    for process in processes:  # ProcessPoolExecutor has no public kill before Python 3.14
+        process.kill()
+    executor.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
 
 
 def assemble(
@@ -128,8 +158,10 @@ def assemble(
     settings: ServerSettings,
     target: Target,
     command: Sequence[str],
+    incomplete: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Wrap strategy entries into a validated `deferbench.result/1` document."""
+    """Wrap strategy entries into a validated `deferbench.result/1` document (`incomplete`:
+    {signal, missing} when a signal stopped the run before every strategy finished)."""
     facts = target.facts()
     document = {
         "schema": "deferbench.result/1",
@@ -155,6 +187,8 @@ def assemble(
         "costs": facts["costs"],
         "strategies": list(entries),
     }
+    if incomplete is not None:
+        document["incomplete"] = incomplete
     return RunResult.from_json(document)
 
 

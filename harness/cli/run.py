@@ -8,9 +8,11 @@ targets at module level: those load inside `cmd`, so `deferbench --help` stays f
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import sys
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import strategies
 from harness import targets
@@ -22,11 +24,15 @@ from harness.cli.common import (
     build_target,
     server_settings,
 )
+from harness.cli.stopping import StopSignals
 from harness.load.spec import parse_load
 from harness.load.suites import Suite, SuiteRun, load_suite
-from harness.measure.results import write_result
+from harness.measure.results import RunResult, write_result
 from harness.profile import sim_profile
-from harness.targets import TargetError
+from harness.targets import Target, TargetError, children
+
+if TYPE_CHECKING:
+    from harness.runner import Job
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -111,7 +117,14 @@ def _suite_from_args(args: argparse.Namespace) -> Suite:
 
 
 def cmd(args: argparse.Namespace) -> int:
-    from harness.runner import Job, assemble, execute_repeated, local_executor, text_progress
+    from harness.runner import (
+        Job,
+        assemble,
+        execute_repeated,
+        local_executor,
+        stop_pool,
+        text_progress,
+    )
 
     if args.repeat < 1:
         raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
@@ -130,24 +143,62 @@ def cmd(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     executor = local_executor(args.jobs)
     progress = None if args.quiet else text_progress()
-    try:
-        for i, (run, target) in enumerate(plan, start=1):
-            jobs = [Job(spec, run.load.spec, run.seed, settings, target) for spec in run.strategies]
-            # real-clock jobs run one at a time: they measure real CPU
-            pool = None if target.real_clock else executor
-            entries = execute_repeated(jobs, args.repeat, pool, progress)
-            result = assemble(entries, load=run.load, seed=run.seed, settings=settings,
-                              target=target, command=command)  # fmt: skip
-            directory = out if len(suite.runs) == 1 else out / f"run-{i}"
-            write_result(result, directory)
-            if not args.no_plots:
-                report.write_plots(result, directory)
-            print(f"\n{report.headline(result)}")
-            print(report.comparison_table(result))
-            print(f"\n{report.reproduce_line(result)}\nwritten: {directory}/")
-    except TargetError as exc:  # e.g. not installed, or it never answered
-        raise UsageError(f"{run.target} target: {exc}") from None
-    finally:
-        if executor is not None:
-            executor.shutdown(cancel_futures=True)
-    return 0
+    current: _Current | None = None
+    with StopSignals() as stop:
+        try:
+            for i, (run, target) in enumerate(plan, start=1):
+                jobs = [Job(spec, run.load.spec, run.seed, settings, target)
+                        for spec in run.strategies]  # fmt: skip
+                directory = out if len(suite.runs) == 1 else out / f"run-{i}"
+                current = _Current(run, target, jobs, directory)
+                # real-clock jobs run one at a time: they measure real CPU
+                pool = None if target.real_clock else executor
+                entries = execute_repeated(jobs, args.repeat, pool, progress, current.finished)
+                _report(args, assemble(entries, load=run.load, seed=run.seed, settings=settings,
+                                       target=target, command=command), directory)  # fmt: skip
+            current = None
+        except BaseException as exc:
+            if stop.signum is None:
+                if isinstance(exc, TargetError):  # e.g. not installed, or it never answered
+                    raise UsageError(f"{run.target} target: {exc}") from None
+                raise
+        finally:
+            if stop.signum is None and executor is not None:
+                executor.shutdown(cancel_futures=True)
+        if stop.signum is None:
+            return 0
+        stop_pool(executor)
+        children.stop_all()
+        if current is not None and current.finished:
+            entries = [current.finished[k] for k in sorted(current.finished)]
+            done = {e["strategy"] for e in entries}
+            missing = [j.strategy for j in current.jobs if j.strategy not in done]
+            result = assemble(entries, load=current.run.load, seed=current.run.seed,
+                              settings=settings, target=current.target, command=command,
+                              incomplete={"signal": stop.name, "missing": missing})  # fmt: skip
+            _report(args, result, current.directory, plots=False)
+            print(f"incomplete: stopped by {stop.name}; not finished: {', '.join(missing)}")
+        print(f"deferbench: stopped by {stop.name}", file=sys.stderr)
+        return stop.exit_status
+
+
+@dataclass
+class _Current:
+    """The suite run in progress: what a signal's incomplete result is made of."""
+
+    run: SuiteRun
+    target: Target
+    jobs: list[Job]
+    directory: Path
+    finished: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def _report(
+    args: argparse.Namespace, result: RunResult, directory: Path, plots: bool = True
+) -> None:
+    write_result(result, directory)
+    if plots and not args.no_plots:
+        report.write_plots(result, directory)
+    print(f"\n{report.headline(result)}")
+    print(report.comparison_table(result))
+    print(f"\n{report.reproduce_line(result)}\nwritten: {directory}/")

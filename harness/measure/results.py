@@ -56,8 +56,10 @@ measured or nothing to measure):
         "wall_seconds": 1.8,                         # real time the run took
         "sim_txn_per_wall_s": 1100.0 | null,         # sim speed; null for real-time targets
         "samples": {"metric": [1.0, ...]}            # optional: per-repeat values of
-      } ]                                            # wall-clock figures (regression check)
-    }
+      } ],                                           # wall-clock figures (regression check)
+      "incomplete": {"signal": "SIGTERM",            # optional, only when a signal stopped
+                     "missing": ["<strategy spec>"]} # the run: `strategies` holds what had
+    }                                                # finished, `missing` what had not
 
 result.csv has one row per strategy with the headline figures (CSV_COLUMNS).
 This module only reads and writes result files; it measures nothing.
@@ -381,6 +383,25 @@ def utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True, slots=True)
+class Incomplete:
+    """Why a run's document lacks strategies: the signal that stopped it, and which
+    strategies (canonical specs) had not finished."""
+
+    signal: str
+    missing: list[str]
+
+    @classmethod
+    def from_json(cls, r: _Reader) -> Incomplete:
+        marker = r.object("incomplete")
+        missing = []
+        for item, path in marker.array("missing"):
+            if not isinstance(item, str):
+                raise ResultError(f"{path}: expected a string, got {_show(item)}")
+            missing.append(item)
+        return cls(signal=marker.string("signal"), missing=missing)
+
+
 @dataclass
 class RunResult:
     """One run: the same load and seed through one or more strategies on one target."""
@@ -398,6 +419,7 @@ class RunResult:
     network: str | None = None  # sim: the link model every direction used, e.g. "1ms±1ms"
     costs: str | None = None  # sim: the cost profile's source (adopted file, built-in, --costs)
     schema: str = SCHEMA
+    incomplete: Incomplete | None = None  # a signal stopped the run before every strategy ran
 
     def strategy(self, spec: str) -> StrategyResult | None:
         """The result of the strategy with this canonical spec, if the run has it."""
@@ -407,6 +429,8 @@ class RunResult:
         data: dict[str, Any] = {"schema": self.schema}
         data.update(asdict(self))
         data["strategies"] = [s.to_json() for s in self.strategies]
+        if self.incomplete is None:
+            del data["incomplete"]  # absent from complete runs, as before the field existed
         return data
 
     @classmethod
@@ -458,6 +482,7 @@ class RunResult:
             strategies=[StrategyResult.from_json(_Reader(s, p)) for s, p in r.array("strategies")],
             network=r.string("network", nullable=True) if "network" in data else None,
             costs=r.string("costs", nullable=True) if "costs" in data else None,
+            incomplete=Incomplete.from_json(r) if data.get("incomplete") is not None else None,
         )
 
 

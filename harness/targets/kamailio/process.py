@@ -34,7 +34,9 @@ bounded wait, with the log's last lines in the error if Kamailio exits or never 
 
 Kamailio is stopped by its PID (SIGTERM, bounded wait, SIGKILL), then any of its recorded
 processes still alive (same PID and start time) is killed by PID too — also when the run is
-interrupted. Nothing is killed by name.
+interrupted. Nothing is killed by name. If the harness dies without stopping it (kill -9),
+the kernel sends Kamailio's main process SIGTERM (`harness.targets.children.spawn`), on
+which it stops every process it forked and exits.
 
 What this module must not do: talk to anything but 127.0.0.1; wait without a bound; kill a
 process by name or one it did not start (a recycled PID is told apart by its start time);
@@ -61,7 +63,7 @@ import anyio
 from core.events import Address
 from harness.measure.entry import CpuWindow
 from harness.targets.base import TargetError
-from harness.targets.children import terminate
+from harness.targets.children import spawn, terminate
 
 READY_TIMEOUT = 15.0  # seconds for Kamailio to answer the OPTIONS ping
 STOP_TIMEOUT = 5.0  # seconds for Kamailio to exit after SIGTERM before SIGKILL
@@ -241,8 +243,10 @@ class KamailioProcess:
         ]  # fmt: skip
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         try:
-            self.process = subprocess.Popen(
+            self.process = spawn(
                 command,
+                # if the harness dies, Kamailio's main process stops its own children
+                death_signal=signal.SIGTERM,
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,

@@ -63,7 +63,7 @@ import anyio
 from core.events import Address
 from harness.load.spec import LoadSpec, schedule
 from harness.measure.ledger import Ledger
-from harness.targets.children import terminate
+from harness.targets.children import spawn, terminate
 
 SCENARIOS = Path(__file__).parent / "sipp"
 RETRANS_MS = 500  # SIPp's first UDP retransmission of an INVITE/BYE (T1), doubling
@@ -542,7 +542,7 @@ class SippPair:
 
     def _spawn(self, command: list[str], side: str) -> subprocess.Popen[bytes]:
         with open(self.workdir / f"{side}.out", "wb") as out:
-            return subprocess.Popen(
+            return spawn(
                 command, cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip

@@ -64,6 +64,7 @@ from harness.load.spec import LoadSpec
 from harness.measure.entry import UacFigures, strategy_entry
 from harness.measure.ledger import Ledger
 from harness.targets.base import TargetOptions, refuse
+from harness.targets.children import run_stoppable
 from harness.targets.kamailio import sipp
 from harness.targets.kamailio.process import (
     READY_TIMEOUT,
@@ -201,10 +202,10 @@ def kamailio_run(
         holder: list[LiveRun] = []
         try:
             if plan is None:
-                anyio.run(drive, kamailio, strategy, load, seed, settings, idle_window, holder)
+                run_stoppable(drive, kamailio, strategy, load, seed, settings, idle_window, holder)
                 driven: LiveRun | _SippDriven = holder[0]
             else:
-                driven = anyio.run(
+                driven = run_stoppable(
                     _drive_sipp, kamailio, plan, load.duration, idle_window, Path(tmp) / "sipp"
                 )
         finally:

@@ -57,7 +57,7 @@ from harness.load.spec import LoadSpec, schedule
 from harness.measure.entry import CpuWindow, DeferralRecord, strategy_entry
 from harness.measure.ledger import Ledger
 from harness.targets.base import TargetError, TargetOptions, refuse
-from harness.targets.children import terminate
+from harness.targets.children import run_stoppable, spawn, terminate
 from harness.targets.live.udp import UdpSocket
 from strategies import parse_spec
 
@@ -107,7 +107,7 @@ class ServeProcess:
             p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
         )
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
+        self.process = spawn(
             command,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
@@ -269,7 +269,7 @@ def live_run(
         )
         holder: list[LiveRun] = []
         try:
-            anyio.run(drive, serve, strategy, load, seed, settings, idle_window, holder,
+            run_stoppable(drive, serve, strategy, load, seed, settings, idle_window, holder,
                       backend=backend)  # fmt: skip
         finally:
             serve.stop()

@@ -1,0 +1,58 @@
+"""SIGTERM and SIGINT during a command that runs targets: stop cleanly, in bounded time.
+
+`StopSignals` turns the first SIGTERM or SIGINT into `Stopped` (a `KeyboardInterrupt`, so it
+unwinds event loops, process pools and `finally` blocks as ^C does) and ignores any further
+one while the command cleans up (the cleanup is bounded; children die with the harness
+anyway, see `harness.targets.children`). The command then stops every child by PID, writes
+what finished as an incomplete result and exits with `exit_status` (128 + the signal: 130
+for SIGINT, 143 for SIGTERM).
+
+Installing a Python handler for SIGINT also keeps asyncio's and trio's own from taking it
+over (asyncio's cancels the main task, which a cancellation-tolerant loop can swallow). The
+targets' event loops run under `harness.targets.children.run_stoppable`, which cancels
+them cleanly on these signals and then hands the signal on to this handler.
+
+It must not import `harness.cli` or heavy modules.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType, TracebackType
+from typing import Any
+
+from harness.targets.children import STOP_SIGNALS, Stopped
+
+
+class StopSignals:
+    """Context manager: SIGTERM/SIGINT raise `Stopped` once; `signum` tells which came."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            return  # already stopping: the cleanup is bounded, let it finish
+        self.signum = signum
+        raise Stopped(signum)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (self.signum or signal.SIGINT)
