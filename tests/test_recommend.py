@@ -76,6 +76,7 @@ def test_ten_ms_at_100_per_second_gets_a_verdict_with_evidence_and_cfg(tmp_path,
     assert "delay honoured: 0.0% early" in out
     assert "ruled out:" in out and "never resumes" in out
     assert "route[DEFER]" in out and (tmp_path / "recommend.json").is_file()
+    assert "VERDICT: " in (tmp_path / "recommend.html").read_text()
 
 
 def test_no_delay_is_answered_by_a_strategy_that_does_not_hold(tmp_path, capsys) -> None:

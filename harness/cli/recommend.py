@@ -13,6 +13,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.analysis import page
 from harness.cli.common import (
     UsageError,
     add_network_flag,
@@ -70,8 +71,15 @@ def cmd(args: argparse.Namespace) -> int:
     text, status = rec.render(verdicts, question, sim)
     print(text)
     if status == 0 and args.target == "kamailio":
-        status = _confirm(rec, rec.ranked(verdicts, question)[0], question, args)
-    _write(args, question, verdicts, status)
+        confirmed, status = _confirm(rec, rec.ranked(verdicts, question)[0], question)
+        print(confirmed)
+        text += "\n" + confirmed
+    out = _write(args, question, verdicts, status)
+    title = f"deferbench recommend: {question.rate:g} re-INVITEs/s held {question.delay_ms} ms"
+    page.write(out, "recommend", title, [page.Section("verdict and evidence", text)],
+               ["deferbench", *args.argv], sim.facts()["costs"])  # fmt: skip
+    print(f"\nreproduce: deferbench {' '.join(args.argv)}\nwritten: {out}/ "
+          "(recommend.json, recommend.html, recommend.md)")  # fmt: skip
     return status
 
 
@@ -97,8 +105,8 @@ def _question(args: argparse.Namespace):  # -> recommend.Question
     return Question(rate, delay, server_settings(args), args.headroom, late, args.seed)
 
 
-def _confirm(rec, winner, question, args: argparse.Namespace) -> int:  # noqa: ANN001
-    """The winner on real Kamailio (SIPp driving) at the asked rate."""
+def _confirm(rec, winner, question) -> tuple[str, int]:  # noqa: ANN001
+    """The winner on real Kamailio (SIPp driving) at the asked rate: a line and a status."""
     from harness import targets
     from harness.runner import Job, execute
 
@@ -111,14 +119,15 @@ def _confirm(rec, winner, question, args: argparse.Namespace) -> int:  # noqa: A
         raise UsageError(f"kamailio target: {exc}") from None
     fails = rec.failures(entry, question)
     delay = entry["delay_ms"]
-    print(f"\nconfirmed on Kamailio at {question.rate:g}/s: "
-          + ("meets it" if not fails else "FAILS: " + "; ".join(fails))
-          + (f" (delay p50/p99 {delay['p50']:.2f}/{delay['p99']:.2f} ms)"
-             if delay["p50"] is not None else ""))  # fmt: skip
-    return 0 if not fails else 1
+    line = f"\nconfirmed on Kamailio at {question.rate:g}/s: " + (
+        "meets it" if not fails else "FAILS: " + "; ".join(fails)
+    )
+    if delay["p50"] is not None:
+        line += f" (delay p50/p99 {delay['p50']:.2f}/{delay['p99']:.2f} ms)"
+    return line, 0 if not fails else 1
 
 
-def _write(args: argparse.Namespace, question, verdicts, status: int) -> None:  # noqa: ANN001
+def _write(args: argparse.Namespace, question, verdicts, status: int) -> Path:  # noqa: ANN001
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-recommend"
     out.mkdir(parents=True, exist_ok=True)
@@ -146,4 +155,4 @@ def _write(args: argparse.Namespace, question, verdicts, status: int) -> None:  
         ],  # fmt: skip
     }
     (out / "recommend.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
-    print(f"\nreproduce: deferbench {' '.join(args.argv)}\nwritten: {out}/recommend.json")
+    return out

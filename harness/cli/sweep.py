@@ -10,6 +10,8 @@ itself (points, capacity, tuning) lives in `harness.analysis.sweep`.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 from concurrent.futures import Executor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +21,7 @@ from tabulate import tabulate
 
 import strategies
 from core.runtime.server import ServerSettings
-from harness.analysis import report
+from harness.analysis import page, report
 from harness.analysis.sweep import SweepPoint
 from harness.cli.common import (
     UsageError,
@@ -121,8 +123,15 @@ def cmd(args: argparse.Namespace) -> int:
         raise UsageError("--target-rate needs --param: it asks for the smallest value of one")
     if args.param and args.target_rate:
         answer = tuning_answer(points, caps, args.target_rate)
-    _print_tables(args, points, caps, answer, bound, e2e_bound)
+    tables = io.StringIO()
+    with contextlib.redirect_stdout(tables):
+        _print_tables(args, points, caps, answer, bound, e2e_bound)
+    print(tables.getvalue(), end="")
     out = _write(args, points, caps, answer, load, bound, e2e_bound)
+    page.write(out, "sweep", f"deferbench sweep: {', '.join(args.rates.split(','))} re-INVITEs/s",
+               [page.Section("points, capacity and tuning", tables.getvalue().strip(),
+                             (out / "sweep.png",))],
+               ["deferbench", *args.argv], target.facts()["costs"])  # fmt: skip
     print(f"\nreproduce: deferbench {' '.join(args.argv)}\nwritten: {out}/")
     return 0
 
