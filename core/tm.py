@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 
@@ -142,7 +143,9 @@ class TransactionTable:
         self.servers: dict[tuple, Cell] = {}
         self.clients: dict[tuple, tuple[Cell, Branch, ClientTransaction]] = {}
         self.stats = stats
-        self._labels: dict[int, int] = {}
+        # Next label of each hash index, + 1 (0: the index was never used): one array of
+        # 2^16 slots instead of a dict that fills up with a long run.
+        self._labels = array("Q", bytes(8 * 0x10000))
         self._token = token
 
     def new_cell(
@@ -152,10 +155,12 @@ class TransactionTable:
         cseq = request.cseq
         call_id = request.call_id
         index = zlib.crc32(f"{call_id} {cseq.number}".encode("utf-8", "surrogateescape")) & 0xFFFF
-        label = self._labels.get(index)
-        if label is None:
+        stored = self._labels[index]
+        if stored:
+            label = stored - 1
+        else:
             label = zlib.crc32(f"{self.config.label_seed}:{index}".encode()) & 0x3FFFFFFF
-        self._labels[index] = label + 1
+        self._labels[index] = label + 2
         txn_id = TxnId(index, label)
 
         src_host, src_port = source

@@ -98,54 +98,91 @@ TxnOutput = Send | PassToUser | TransactionTimeout | TransactionTerminated
 # ---------------------------------------------------------------- timer heap
 
 
+_CARRIER = "(carrier)"  # the name of a heap entry that carries a transaction's timers
+
+
 class TimerHeap:
     """Deadlines of many timers in one heap; cancelled entries are skipped when popped.
 
     An entry is a list `[when, seq, target, name, live]`; `seq` breaks ties in schedule
     order so targets are never compared.  Dead entries are compacted away when they
     outnumber the live ones, so a steady load keeps the heap bounded.
+
+    A transaction's timers (A and B started together and stopped a few ms later, then M
+    for 64·T1...) do not get an entry each: the transaction keeps them as (when, seq) and
+    the heap holds one *carrier* entry per transaction, keyed by the earliest of them when
+    it was pushed. A timer stopped in the meantime leaves the carrier early, never late:
+    when it pops with no timer of its key left, it is pushed again at the earliest key
+    that is. Every timer still takes its `seq` when started, so timers fire in exactly the
+    order one entry each would give. `len()` counts running timers either way.
     """
 
-    __slots__ = ("_heap", "_seq", "_dead")
+    __slots__ = ("_heap", "_seq", "_dead", "_running")
 
     def __init__(self) -> None:
         self._heap: list[list[Any]] = []
         self._seq = itertools.count()
         self._dead = 0
+        self._running = 0  # timers scheduled or started, neither cancelled nor fired
 
     def __len__(self) -> int:
-        return len(self._heap) - self._dead
+        return self._running
 
     def schedule(self, when: float, target: Any, name: str) -> list[Any]:
         entry = [when, next(self._seq), target, name, True]
         _heappush(self._heap, entry)
+        self._running += 1
         return entry
 
     def cancel(self, entry: list[Any]) -> None:
         if entry[4]:
-            entry[4] = False
-            self._dead += 1
-            if self._dead > 1024 and self._dead * 2 > len(self._heap):
-                self._heap = [e for e in self._heap if e[4]]
-                heapq.heapify(self._heap)
-                self._dead = 0
+            self._running -= 1
+            self._kill(entry)
+
+    def _kill(self, entry: list[Any]) -> None:
+        entry[4] = False
+        self._dead += 1
+        if self._dead > 1024 and self._dead * 2 > len(self._heap):
+            self._heap = [e for e in self._heap if e[4]]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def _carry(self, when: float, seq: int, txn: Transaction) -> list[Any]:
+        entry = [when, seq, txn, _CARRIER, True]
+        _heappush(self._heap, entry)
+        return entry
 
     def next_deadline(self) -> float | None:
         heap = self._heap
-        while heap and not heap[0][4]:
-            heapq.heappop(heap)
-            self._dead -= 1
-        return heap[0][0] if heap else None
+        while heap:
+            head = heap[0]
+            if not head[4]:
+                heapq.heappop(heap)
+                self._dead -= 1
+            elif head[3] is _CARRIER and not head[2]._carries(head[1]):
+                heapq.heappop(heap)  # early: its timer stopped; on to the earliest left
+                head[4] = False
+                head[2]._recarry(head)
+            else:
+                return head[0]
+        return None
 
     def pop_due(self, now: float) -> list[Any] | None:
         """The earliest live entry due at or before `now` (marked fired), else None."""
         heap = self._heap
         while heap and heap[0][0] <= now:
             entry = heapq.heappop(heap)
-            if entry[4]:
-                entry[4] = False
+            if not entry[4]:
+                self._dead -= 1
+                continue
+            entry[4] = False
+            if entry[3] is not _CARRIER:
+                self._running -= 1
                 return entry
-            self._dead -= 1
+            name = entry[2]._recarry(entry)
+            if name is not None:
+                self._running -= 1
+                return [entry[0], entry[1], entry[2], name, False]
         return None
 
 
@@ -268,6 +305,7 @@ class Transaction:
         "_settings",
         "_timers",
         "_interval",
+        "_carrier",
     )
 
     def __init__(
@@ -286,8 +324,9 @@ class Transaction:
         self.owner = owner  # opaque to the transaction: whatever the user wants back
         self._heap = heap
         self._settings = settings
-        self._timers: dict[str, list[Any]] = {}
-        self._interval: dict[str, float] = {}
+        self._timers: dict[str, tuple[float, int]] = {}  # running: name -> (when, seq)
+        self._interval: dict[str, float] | None = {}  # last interval of A, E, G (backoff)
+        self._carrier: list[Any] | None = None  # its entry in the heap (see TimerHeap)
 
     def __repr__(self) -> str:
         method = self.request.method if self.request is not None else "(settled)"
@@ -299,12 +338,11 @@ class Transaction:
 
     def timer_deadline(self, timer: str) -> float | None:
         """When the named timer fires next, or None if it is not running."""
-        entry = self._timers.get(timer)
-        return entry[0] if entry is not None and entry[4] else None
+        key = self._timers.get(timer)
+        return key[0] if key is not None else None
 
     def on_timer(self, timer: str, now: float) -> list[TxnOutput]:
-        """A timer entry of this transaction popped from the heap."""
-        self._timers.pop(timer, None)
+        """A timer of this transaction popped from the heap (`TimerHeap.pop_due`)."""
         return self._fire(_TIMER_EVENT[timer], None, now)
 
     def terminate(self) -> None:
@@ -341,22 +379,58 @@ class Transaction:
         self._settings = settings
         self._timers = {}
         self._interval = {}
+        self._carrier = None
 
     def _cancel_all(self) -> None:
-        cancel = self._heap.cancel
-        for entry in self._timers.values():
-            cancel(entry)
+        heap = self._heap
+        heap._running -= len(self._timers)
         self._timers.clear()
+        carrier = self._carrier
+        if carrier is not None:
+            self._carrier = None
+            heap._kill(carrier)
 
-    # effects -------------------------------------------------------------------------
+    # timers (one heap entry carries them all, see TimerHeap) ---------------------------
+
+    def _carries(self, seq: int) -> bool:
+        """Whether a running timer has sequence number `seq`."""
+        return any(key[1] == seq for key in self._timers.values())
+
+    def _recarry(self, carrier: list[Any]) -> str | None:
+        """The carrier popped: the timer of its key, if still running, fires (removed and
+        named); a new carrier goes in at the earliest timer left."""
+        self._carrier = None
+        seq = carrier[1]
+        fired = None
+        earliest = None
+        for name, key in self._timers.items():
+            if key[1] == seq:
+                fired = name
+            elif earliest is None or key < earliest:
+                earliest = key
+        if fired is not None:
+            del self._timers[fired]
+        if earliest is not None:
+            self._carrier = self._heap._carry(earliest[0], earliest[1], self)
+        return fired
 
     def _start(self, timer: str, interval: float, now: float) -> None:
+        heap = self._heap
         timers = self._timers
-        old = timers.get(timer)
-        if old is not None:
-            self._heap.cancel(old)
-        self._interval[timer] = interval
-        timers[timer] = self._heap.schedule(now + interval, self, timer)
+        if timer in timers:
+            del timers[timer]
+            heap._running -= 1
+        if timer in "AEG":
+            self._interval[timer] = interval  # type: ignore[index]
+        when = now + interval
+        seq = next(heap._seq)
+        timers[timer] = (when, seq)
+        heap._running += 1
+        carrier = self._carrier
+        if carrier is None or when < carrier[0]:
+            if carrier is not None:
+                heap._kill(carrier)
+            self._carrier = heap._carry(when, seq, self)
 
     def _eff_start(self, timer: str, message: Any, now: float, out: list) -> None:
         settings = self._settings
@@ -367,12 +441,7 @@ class Transaction:
             interval = 64 * settings.t1
         else:
             interval = settings.initial(timer)
-        timers = self._timers
-        old = timers.get(timer)
-        if old is not None:
-            self._heap.cancel(old)
-        self._interval[timer] = interval
-        timers[timer] = self._heap.schedule(now + interval, self, timer)
+        self._start(timer, interval, now)
 
     def _eff_backoff(self, timer: str, message: Any, now: float, out: list) -> None:
         interval = 2 * self._interval.get(timer, self._settings.t1)
@@ -384,9 +453,8 @@ class Transaction:
         self._start(timer, self._settings.t2, now)
 
     def _eff_stop(self, timer: str, message: Any, now: float, out: list) -> None:
-        entry = self._timers.pop(timer, None)
-        if entry is not None:
-            self._heap.cancel(entry)
+        if self._timers.pop(timer, None) is not None:
+            self._heap._running -= 1  # its carrier, if it was the earliest, pops early
 
     def _eff_pass(self, arg: Any, message: Any, now: float, out: list) -> None:
         out.append(PassToUser(message if message is not None else self.request))
@@ -440,14 +508,15 @@ class ClientTransaction(Transaction):
         if state == "accepted" or (self.kind == NON_INVITE_CLIENT and state == "completed"):
             self.request = None  # type: ignore[assignment]
             self.last_response = None
+            self._interval = None  # no timer backs off any more
 
     def stop_retransmissions(self) -> None:
         """Stop re-sending the request and its timeout (Kamailio does this on fr expiry or
         CANCEL) while the transaction stays matchable for a late answer."""
+        timers = self._timers
         for timer in ("A", "B", "E", "F"):
-            entry = self._timers.pop(timer, None)
-            if entry is not None:
-                self._heap.cancel(entry)
+            if timers.pop(timer, None) is not None:
+                self._heap._running -= 1
 
     def _eff_send_request(self, arg: Any, message: Any, now: float, out: list) -> None:
         out.append(Send(self.request, self.peer))
@@ -525,6 +594,8 @@ class ServerTransaction(Transaction):
             self.request = None  # type: ignore[assignment]
             self._wire = bytes(last)
             self._last = None
+            if self.state != "completed":  # Timer G (backoff) runs only in Completed
+                self._interval = None
 
     def _eff_send_response(self, arg: Any, message: Any, now: float, out: list) -> None:
         self._last = message

@@ -301,3 +301,19 @@ def test_reordered_count_is_the_requests_arriving_below_the_running_maximum(orde
         expected += cseq < highest
         highest = max(highest, cseq)
     assert ledger.close().reordered == expected
+
+
+def test_retired_transactions_count_as_kept_ones_and_a_late_stale_still_counts():
+    kept, streamed = Ledger(), Ledger()
+    for ledger in (kept, streamed):
+        clean_transaction(ledger, K1)
+        clean_transaction(ledger, K2)
+        ledger.open(K3)
+        ledger.final(K3, 408)  # a 408 may be the UAC's own Timer B: never retired
+    entry = streamed.retire(K1)
+    assert entry is not None and streamed.retire(K2) is not None
+    assert streamed.retire(K3) is None and len(streamed) == 3
+    kept.stale(K1)
+    assert streamed.retired_stale(streamed.retired_stale(entry)) != entry
+    assert streamed.close() == kept.close()
+    assert only(streamed.close()) == {"resumed": 1, "stale": 1, "timeout_408": 1}

@@ -116,12 +116,12 @@ class DeferralTally:
     which the float sum of the mean depends on), the resuming role into a counter.
 
     It is the sink a sim server streams to (`core.runtime.server.DeferralSink`): `opened`
-    gives a suspension its place, `retired` accounts it when its transaction is freed, and
-    `stale` reports a continue that comes after that. For that last case it keeps the
-    ledger key of each retired transaction under a packed id (two ints a deferral, no
-    record). `role_of` maps a process name to its role. Records handed to `add` without a
-    place (a strategy that records without suspending, other targets) follow in the order
-    given.
+    gives a suspension its place, `retired` accounts it when its transaction is freed (and
+    retires its ledger entry too), and `stale` reports a continue that comes after that.
+    For that last case it keeps, under a packed id, the ledger's value of the retired
+    entry (a small int), or its key if the ledger kept the entry. `role_of` maps a process
+    name to its role. Records handed to `add` without a place (a strategy that records
+    without suspending, other targets) follow in the order given.
     """
 
     def __init__(self, ledger: Ledger, role_of: Callable[[str], str] | None = None) -> None:
@@ -129,7 +129,7 @@ class DeferralTally:
         self._role_of = role_of
         self._delays = array("d")
         self.resumed_by: Counter[str] = Counter()
-        self._retired: dict[int, Key] = {}
+        self._retired: dict[int, Key | int] = {}
 
     def opened(self, deferral: Any) -> None:
         deferral.slot = len(self._delays)
@@ -141,12 +141,16 @@ class DeferralTally:
         role = "" if not by else self._role_of(by) if self._role_of else "unknown"
         key = self._account(deferral, role)
         txn = deferral.txn
-        self._retired[txn.index << 32 | txn.label] = key
+        entry = self.ledger.retire(key)
+        self._retired[txn.index << 32 | txn.label] = key if entry is None else entry
 
     def stale(self, txn: Any) -> None:
-        key = self._retired.get(txn.index << 32 | txn.label)
-        if key is not None:
-            self.ledger.stale(key)
+        packed = txn.index << 32 | txn.label
+        retired = self._retired.get(packed)
+        if type(retired) is int:
+            self._retired[packed] = self.ledger.retired_stale(retired)
+        elif retired is not None:
+            self.ledger.stale(retired)
 
     def add(self, record: DeferralRecord) -> None:
         """A record accounted at the end (a target that keeps them, a live record)."""

@@ -115,9 +115,35 @@ class Ledger:
         self.unknown_events = 0
         self.duplicate_open = 0
         self.retransmissions = 0
+        self._retired: Counter[int] = Counter()  # entries retired (see `retire`), by value
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._entries) + self._retired.total()
+
+    def retire(self, key: Key) -> int | None:
+        """Stop keeping a transaction whose outcome only a stale continue can still change
+        (the caller knows: its proxy transaction is gone): it is counted, not kept, and its
+        packed value returned for `retired_stale`. Not done (None) while it has no final
+        response, or when that is a 408, which the UAC also gives itself on Timer B while
+        the request may still reach the UAS (and so be found reordered)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        final = entry >> _FINAL_SHIFT
+        if final in (_NO_FINAL, _TIMEOUT):
+            return None
+        del self._entries[key]
+        self._retired[entry] += 1
+        return entry
+
+    def retired_stale(self, entry: int) -> int:
+        """`stale` for a retired transaction, given the value `retire` returned (or this
+        method did): its new value."""
+        if not entry & _STALE:
+            self._retired[entry] -= 1
+            entry |= _STALE
+            self._retired[entry] += 1
+        return entry
 
     def open(self, key: Key) -> None:
         """The UAC sent this re-INVITE: from now on it must be accounted for."""
@@ -198,10 +224,10 @@ class Ledger:
         Does not change the ledger: closing again after more events gives the new summary.
         """
         counts = dict.fromkeys(OUTCOMES, 0)
-        for entry, n in Counter(self._entries.values()).items():
+        for entry, n in (Counter(self._entries.values()) + self._retired).items():
             counts[self._outcome(entry)] += n
         return LedgerSummary(
-            transactions=len(self._entries),
+            transactions=len(self),
             retransmissions=self.retransmissions,
             unknown_events=self.unknown_events,
             duplicate_open=self.duplicate_open,
