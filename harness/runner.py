@@ -192,20 +192,19 @@ def assemble(
     return RunResult.from_json(document)
 
 
-def text_progress(stream: Any = None) -> Progress:
-    """A one-line progress bar on stderr, redrawn in place on a terminal."""
+def text_progress(stream: Any = None) -> Progress | None:
+    """A one-line progress bar on stderr, redrawn in place; None (quiet) when stderr is not
+    a terminal, so logs and pipes get only the results."""
     out = stream or sys.stderr
-    tty = hasattr(out, "isatty") and out.isatty()
+    if not (hasattr(out, "isatty") and out.isatty()):
+        return None
 
     def show(done: int, total: int, label: str, elapsed: float) -> None:
         width = 24
         filled = round(width * done / total) if total else width
         bar = "#" * filled + "-" * (width - filled)
         line = f"[{bar}] {done}/{total} {elapsed:5.1f}s  {label}"
-        if tty:
-            out.write("\r" + line[:120].ljust(120) + ("\n" if done == total else ""))
-        else:
-            out.write(line + "\n")
+        out.write("\r" + line[:99].ljust(99) + ("\n" if done == total else ""))
         out.flush()
 
     return show

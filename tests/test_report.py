@@ -37,3 +37,31 @@ def test_wide_table_keeps_every_column_and_the_full_specs(tmp_path, capsys):
                    "wakes/s"):  # fmt: skip
         assert column in wide.splitlines()[0]
     assert result.strategies[1].strategy in wide
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_is_drawn_on_a_terminal_only_and_within_100_columns() -> None:
+    from harness.runner import text_progress
+
+    assert text_progress(_Stream(tty=False)) is None  # a pipe or a CI log: quiet
+    terminal = _Stream(tty=True)
+    show = text_progress(terminal)
+    assert show is not None
+    show(1, 2, "x" * 300, 0.5)
+    show(2, 2, "done", 1.0)
+    lines = terminal.text.split("\r")[1:]
+    assert all(len(line.rstrip("\n")) <= 100 for line in lines)
+    assert terminal.text.endswith("\n")
