@@ -244,7 +244,9 @@ def test_poisson_inter_arrivals_look_exponential():
     assert sum(1 for g in gaps if g > mean) / len(gaps) == pytest.approx(math.exp(-1), abs=0.02)
 
 
-def test_rate_zero_is_the_idle_load_with_no_calls():
-    spec = parse_load("reinvite:rate=0/s,duration=10s")
-    assert spec.reinvite_rate == 0
+def test_the_idle_load_has_no_calls_and_rate_zero_says_how_to_spell_it():
+    spec = parse_load("idle:duration=10s")
+    assert spec.reinvite_rate == 0 and spec.idle and spec.spec == "idle:duration=10s"
     assert schedule(spec, seed=1) == []
+    with pytest.raises(LoadError, match="rate=0/s offers no calls.*idle:duration=10s"):
+        parse_load("reinvite:rate=0/s,duration=10s")

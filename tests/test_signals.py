@@ -233,9 +233,7 @@ def test_kamailio_with_sipp(start: Callable[[list[str]], Harness], sig: int) -> 
 
 @needs_kamailio
 @pytest.mark.parametrize("sig", SIGNALS, ids=IDS)
-def test_kamailio_with_the_python_driver(
-    start: Callable[[list[str]], Harness], sig: int
-) -> None:
+def test_kamailio_with_the_python_driver(start: Callable[[list[str]], Harness], sig: int) -> None:
     h = start(PYTHON_DRIVER)
     if sig == signal.SIGKILL:
         h.watch(lambda h: _kamailio_running(h, sipp=False))

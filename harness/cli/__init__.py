@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `deferbench strategies | head`: the reader left, not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # ^C in a command without its own stop handling
+        from harness.targets.children import Stopped, stop_all
+
+        stop_all()  # every child still running, by PID
         print("deferbench: interrupted", file=sys.stderr)
-        return 130
+        return 128 + exc.signum if isinstance(exc, Stopped) else 130

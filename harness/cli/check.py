@@ -40,7 +40,13 @@ def cmd(args: argparse.Namespace) -> int:
     from harness.analysis.check import check_results, render
 
     new = read_result(args.result)
+    if new.incomplete is not None:
+        raise UsageError(f"{args.result}: an incomplete run (stopped by {new.incomplete.signal}; "
+                         f"not finished: {', '.join(new.incomplete.missing) or 'none'}): "
+                         "neither checked nor made a baseline")  # fmt: skip
     baseline_path = Path(args.baseline)
+    if not baseline_path.exists() and not args.update:
+        raise UsageError(f"--baseline {args.baseline}: no such file or directory")
     if baseline_path.is_dir() or (not baseline_path.exists() and baseline_path.suffix != ".json"):
         baseline_path = _matching_baseline(baseline_path, new)
     if args.update:

@@ -25,7 +25,7 @@ from harness.cli.common import (
     server_settings,
 )
 from harness.cli.stopping import StopSignals
-from harness.load.spec import parse_load
+from harness.load.spec import check_plausible, parse_load
 from harness.load.suites import Suite, SuiteRun, load_suite
 from harness.measure.results import RunResult, write_result
 from harness.profile import sim_profile
@@ -138,9 +138,14 @@ def cmd(args: argparse.Namespace) -> int:
     plan = [(run, build_target(run.target, args, costs, costs_source)) for run in suite.runs]
     try:
         for run, target in plan:
+            check_plausible(run.load)
             target.check(run.load, run.seed)
     except TargetError as exc:
         raise UsageError(str(exc)) from None
+    try:  # before anything runs: a run must not be lost to an unwritable --out
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
     executor = local_executor(args.jobs)
     progress = None if args.quiet else text_progress()
     current: _Current | None = None

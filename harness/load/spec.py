@@ -32,10 +32,22 @@ from typing import Any, Literal
 
 Arrival = Literal["constant", "poisson", "burst", "ramp", "step"]
 ARRIVALS: tuple[str, ...] = ("constant", "poisson", "burst", "ramp", "step")
-SCENARIOS: tuple[str, ...] = ("reinvite",)
+SCENARIOS: tuple[str, ...] = ("reinvite", "idle")
 
 MAX_CALLS = 10_000_000  # a schedule is a list in memory
 MAX_DURATION_US = 86_400 * 1_000_000
+
+# Plausibility, from what the sim measured on this 2-vCPU machine (`deferbench run --jobs 1
+# --strategy inline --load ...`, /usr/bin/time): 100/s × 100 s × 10 = 100,000 re-INVITEs
+# carried took 39 s and 296 MB (2,600 re-INVITEs per wall second; 200 s: 64 s, 317 MB); 1,000/s
+# × 10 s × 10 = 100,000 re-INVITEs at 10,000/s, far beyond capacity, took 62 s and 848 MB
+# (1,600 per wall second, ≈ 7.5 KB per re-INVITE stuck in the backlog). Kamailio and the sim
+# carry at most ≈ 3,000 re-INVITEs/s here (README: capacity).
+SIM_REINVITES_PER_WALL_S = 1_600  # the slower, overloaded figure
+MAX_REINVITES = 5_000_000  # per strategy: ≈ 52 min of sim at 1,600/s
+CARRIED_REINVITES_PER_S = 3_000  # what any target here carries at most
+BACKLOG_KB_PER_REINVITE = 7.5
+MAX_BACKLOG_GB = 4.0  # per strategy (one pool worker each)
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*/\s*s\s*$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s)\s*$")
@@ -114,8 +126,15 @@ class LoadSpec:
     steps: int | None = None  # only for arrival=step
 
     @property
+    def idle(self) -> bool:
+        """No calls at all: the server alone (idle CPU and wake-ups)."""
+        return self.rate == 0 and not self.start_rate
+
+    @property
     def spec(self) -> str:
         """The canonical spec string; parse_load(spec.spec) == spec."""
+        if self.scenario == "idle":
+            return f"idle:duration={format_duration(self.duration)}"
         parts = [
             f"rate={format_rate(self.rate)}",
             f"duration={format_duration(self.duration)}",
@@ -177,19 +196,22 @@ def parse_load(text: str) -> LoadSpec:
     scenario = head.strip()
     if scenario not in SCENARIOS:
         raise LoadError(f"unknown load scenario {scenario!r}: allowed {', '.join(SCENARIOS)}")
+    keys = ("duration",) if scenario == "idle" else _KEYS
     pairs: dict[str, str] = {}
     for item in rest.split(",") if rest.strip() else []:
         key, eq, value = item.partition("=")
         key = key.strip()
         if not eq or not key or not value.strip():
             raise LoadError(f"load spec: {item.strip()!r} is not key=value")
-        if key not in _KEYS:
-            raise LoadError(f"unknown load key {key!r}: allowed {', '.join(_KEYS)}")
+        if key not in keys:
+            raise LoadError(f"unknown {scenario} load key {key!r}: allowed {', '.join(keys)}")
         if key in pairs:
             raise LoadError(f"load key {key} given twice")
         pairs[key] = value
 
     values: dict[str, Any] = {"scenario": scenario}
+    if scenario == "idle":
+        values.update(rate=0.0, arrival="constant")
     if "rate" in pairs:
         values["rate"] = _parse_rate("rate", pairs["rate"])
     if "start_rate" in pairs:
@@ -220,8 +242,15 @@ def validate(spec: LoadSpec) -> LoadSpec:
         raise LoadError(f"unknown load scenario {spec.scenario!r}: allowed {', '.join(SCENARIOS)}")
     if spec.arrival not in ARRIVALS:
         raise LoadError(f"arrival={spec.arrival!r}: allowed {', '.join(ARRIVALS)}")
-    if not spec.rate >= 0:
-        raise LoadError(f"rate={format_rate(spec.rate)}: must be 0/s (idle: no calls) or more")
+    if spec.scenario == "idle" and not (spec.rate == 0 and spec.arrival == "constant"):
+        raise LoadError("an idle load has no calls: idle:duration=DURATION")
+    if not spec.rate >= 0 or not math.isfinite(spec.rate):
+        raise LoadError(f"rate={format_rate(spec.rate)}: must be a positive number of calls/s")
+    if spec.scenario != "idle" and spec.rate == 0 and not spec.start_rate:
+        raise LoadError(
+            "rate=0/s offers no calls: for the idle figures (idle CPU, wake-ups/s) write "
+            f"idle:duration={format_duration(spec.duration)}"
+        )
     duration_us = round(spec.duration * 1e6)
     if not 0 < duration_us <= MAX_DURATION_US:
         raise LoadError(f"duration={format_duration(spec.duration)}: allowed 1us..86400s")
@@ -243,9 +272,37 @@ def validate(spec: LoadSpec) -> LoadSpec:
     peak = max(spec.rate, spec.start_rate or 0.0)
     if peak * spec.duration > MAX_CALLS:
         raise LoadError(
-            f"rate × duration offers over {MAX_CALLS} calls: lower the rate or the duration"
+            f"rate × duration offers over {MAX_CALLS:,} calls: lower the rate or the duration"
         )
     return spec
+
+
+def offered_reinvites(spec: LoadSpec) -> float:
+    """Re-INVITEs the schedule offers in all (ramp: the mean of its two rates)."""
+    mean_rate = (spec.rate + spec.start_rate) / 2 if spec.arrival == "ramp" else spec.rate
+    return mean_rate * spec.duration * spec.reinvites
+
+
+def check_plausible(spec: LoadSpec) -> None:
+    """Refuse (LoadError) a load no target here runs in about an hour or in memory (the
+    figures above); commands call it before anything runs."""
+    total = offered_reinvites(spec)
+    if total > MAX_REINVITES:
+        raise LoadError(
+            f"{spec.spec} offers {total:,.0f} re-INVITEs per strategy, over the "
+            f"{MAX_REINVITES:,} limit: the sim runs ≈{SIM_REINVITES_PER_WALL_S:,} per wall "
+            "second here (≈ 52 min for the limit); lower rate, duration or reinvites"
+        )
+    peak = max(spec.rate, spec.start_rate or 0.0) * spec.reinvites
+    backlog = max(0.0, peak - CARRIED_REINVITES_PER_S) * spec.duration
+    gigabytes = backlog * BACKLOG_KB_PER_REINVITE / 1e6
+    if gigabytes > MAX_BACKLOG_GB:
+        raise LoadError(
+            f"{spec.spec}: {peak:,.0f} re-INVITEs/s is beyond the ≈{CARRIED_REINVITES_PER_S:,}/s "
+            f"a target here carries; its backlog of {backlog:,.0f} re-INVITEs would take "
+            f"≈{gigabytes:,.1f} GB ({BACKLOG_KB_PER_REINVITE} KB each, measured; limit "
+            f"{MAX_BACKLOG_GB:g} GB): lower the rate or the duration"
+        )
 
 
 def schedule(spec: LoadSpec, seed: int) -> list[CallPlan]:
@@ -253,7 +310,7 @@ def schedule(spec: LoadSpec, seed: int) -> list[CallPlan]:
 
     Deterministic for (spec, seed); constant, burst, ramp and step do not use the seed.
     """
-    if spec.rate == 0 and not spec.start_rate:
+    if spec.idle:
         return []  # the idle load: the server alone, for idle CPU and wake-ups
     starts = _STARTS[spec.arrival](spec, random.Random(seed))
     return [CallPlan(i, t) for i, t in enumerate(starts)]

@@ -66,8 +66,10 @@ def load_suite(name_or_path: str) -> Suite:
             )
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SuiteError(f"{path}: no such suite file") from None
     except OSError as exc:
-        raise SuiteError(f"{path}: cannot read suite ({exc.strerror})") from None
+        raise SuiteError(f"{path}: cannot read suite ({exc.strerror or exc})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SuiteError(f"{path}: not valid TOML ({exc})") from None
     return _parse(data, path)

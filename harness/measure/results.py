@@ -559,13 +559,17 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def write_result(result: RunResult, directory: str | os.PathLike[str]) -> Path:
-    """Write result.json and result.csv into `directory` (created); returns result.json."""
+    """Write result.json and result.csv into `directory` (created); returns result.json.
+    A directory that cannot be created or written is one ResultError line."""
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n"
     json_path = folder / RESULT_JSON
-    _write_atomically(json_path, text)
-    _write_atomically(folder / RESULT_CSV, result_csv(result))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_atomically(json_path, text)
+        _write_atomically(folder / RESULT_CSV, result_csv(result))
+    except OSError as exc:
+        raise ResultError(f"{folder}: cannot write the result ({exc.strerror or exc})") from None
     return json_path
 
 

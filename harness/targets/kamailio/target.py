@@ -63,7 +63,7 @@ from core.runtime.server import ServerSettings
 from harness.load.spec import LoadSpec
 from harness.measure.entry import UacFigures, strategy_entry
 from harness.measure.ledger import Ledger
-from harness.targets.base import TargetOptions, refuse
+from harness.targets.base import TargetOptions, check_driver_rate, refuse
 from harness.targets.children import run_stoppable
 from harness.targets.kamailio import sipp
 from harness.targets.kamailio.process import (
@@ -155,7 +155,8 @@ class KamailioTarget:
         return cls(driver)
 
     def check(self, load: LoadSpec, seed: int) -> None:
-        """SIPp installed and able to play `load`, when it is the driver."""
+        """The driver able to offer `load`; SIPp installed and able to play it."""
+        check_driver_rate("kamailio", self.driver, load)
         if self.driver != "sipp":
             return
         if sipp.sipp_binary() is None:

@@ -56,7 +56,7 @@ from harness.load.network import Endpoint, EndpointHost
 from harness.load.spec import LoadSpec, schedule
 from harness.measure.entry import CpuWindow, DeferralRecord, strategy_entry
 from harness.measure.ledger import Ledger
-from harness.targets.base import TargetError, TargetOptions, refuse
+from harness.targets.base import TargetError, TargetOptions, check_driver_rate, refuse
 from harness.targets.children import run_stoppable, spawn, terminate
 from harness.targets.live.udp import UdpSocket
 from strategies import parse_spec
@@ -236,7 +236,8 @@ class LiveTarget:
         return cls(options.backend or "trio")
 
     def check(self, load: LoadSpec, seed: int) -> None:
-        """The Python endpoints play any load."""
+        """The Python endpoints play any load they can offer in time."""
+        check_driver_rate("live", "python", load)
 
     def run(
         self, strategy: str, load: LoadSpec, seed: int, settings: ServerSettings | None = None
