@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pty
 import shutil
 import signal
 import subprocess
@@ -68,18 +69,24 @@ def _alive(key: tuple[int, str]) -> bool:
 class Harness:
     """One `deferbench run` in its own session, its output in files."""
 
-    def __init__(self, tmp: Path, args: list[str]) -> None:
+    def __init__(self, tmp: Path, args: list[str], command: str = "run") -> None:
         self.out = tmp / "out"
-        self.stderr_path = tmp / "stderr"
         self.stdout_path = tmp / "stdout"
-        command = [sys.executable, "-m", "harness.cli", "run", "--no-plots",
-                   "--out", str(self.out), *args]  # fmt: skip
+        plots = ["--no-plots"] if command == "run" else []
+        command_line = [sys.executable, "-m", "harness.cli", command, *plots,
+                        "--out", str(self.out), *args]  # fmt: skip
         env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+        # stderr on a terminal: the progress bar (which says when a strategy finished) is
+        # drawn only there
+        self._terminal, child_side = pty.openpty()
+        os.set_blocking(self._terminal, False)
+        self._err = b""
+        with open(self.stdout_path, "wb") as out:
             self.process = subprocess.Popen(
-                command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                command_line, stdout=out, stderr=child_side, stdin=subprocess.DEVNULL,
                 cwd=PROJECT_ROOT, env=env, start_new_session=True,
             )  # fmt: skip
+        os.close(child_side)
         self.seen: dict[tuple[int, str], str] = {}
 
     def watch(self, ready: Callable[[Harness], bool], bound: float = START_BOUND) -> None:
@@ -99,7 +106,15 @@ class Harness:
         return [name for key, name in self.seen.items() if _alive(key)]
 
     def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
+        while True:
+            try:
+                chunk = os.read(self._terminal, 65536)
+            except (BlockingIOError, OSError):  # nothing now, or the child side closed
+                break
+            if not chunk:
+                break
+            self._err += chunk
+        return self._err.decode(errors="replace").replace("\r\n", "\n")
 
     def stdout(self) -> str:
         return self.stdout_path.read_text(errors="replace")
@@ -110,10 +125,9 @@ class Harness:
         self.seen.update(_descendants(self.process.pid))
         self.process.send_signal(sig)
         deadline = time.monotonic() + SURVIVAL_BOUND
-        try:
-            status = self.process.wait(SURVIVAL_BOUND)
-        except subprocess.TimeoutExpired:
-            status = None
+        while (status := self.process.poll()) is None and time.monotonic() < deadline:
+            self.stderr()  # keep the terminal drained: a full one would block the harness
+            time.sleep(0.02)
         while (left := [k for k in self.seen if _alive(k)]) and time.monotonic() < deadline:
             time.sleep(0.05)
         survivors = [f"{self.seen[k]}({k[0]})" for k in left]
@@ -122,6 +136,8 @@ class Harness:
         return (-999 if status is None else status), survivors
 
     def cleanup(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._terminal)
         for key in self.seen:
             if _alive(key):
                 with contextlib.suppress(ProcessLookupError):
@@ -132,11 +148,11 @@ class Harness:
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[[list[str]], Harness]]:
+def start(tmp_path: Path) -> Iterator[Callable[..., Harness]]:
     started: list[Harness] = []
 
-    def run(args: list[str]) -> Harness:
-        started.append(Harness(tmp_path, args))
+    def run(args: list[str], command: str = "run") -> Harness:
+        started.append(Harness(tmp_path, args, command))
         return started[-1]
 
     yield run
@@ -251,3 +267,13 @@ def test_nothing_finished_writes_no_result(start: Callable[[list[str]], Harness]
     assert (status, survivors) == (143, [])
     assert not (h.out / "result.json").exists()
     assert "stopped by SIGTERM" in h.stderr()
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=IDS)
+def test_sweep_with_a_pool(start: Callable[..., Harness], sig: int) -> None:
+    h = start(["--rates", "100,200", "--strategy", "mqueue-rtimer:timers=64,interval=1ms",
+               "--load", "reinvite:rate=10/s,duration=60s", "--jobs", "2"], "sweep")  # fmt: skip
+    h.watch(lambda h: len(h.names()) >= 2)
+    status, survivors = h.signal_and_wait(sig)
+    assert survivors == []
+    assert status == EXPECTED[sig], h.stderr()

@@ -22,6 +22,7 @@ from harness.analysis.sweep import SweepError
 from harness.cli import calibrate, check, compare, recommend, run, serve, sweep
 from harness.cli import strategies as strategies_cmd
 from harness.cli.common import EXIT_USAGE, OneLineParser, UsageError
+from harness.cli.stopping import StopSignals
 from harness.load.spec import LoadError
 from harness.load.suites import SuiteError
 from harness.measure.results import ResultError
@@ -53,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return handler(args)
+        if args.command == "serve":  # serve handles its own signals
+            return handler(args)
+        with StopSignals():  # SIGTERM/SIGINT: Stopped, below; `run` writes what finished
+            return handler(args)
     except (
         SpecError,
         CostProfileError,

@@ -72,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd(args: argparse.Namespace) -> int:
     from harness.analysis import calibrate as cal
-    from harness.runner import local_executor
+    from harness.runner import local_executor, stop_pool
 
     settings = server_settings(args)
     base = sim_profile(args.costs or BUILT_IN)[0]  # fits start from the hand-derived costs
@@ -99,6 +99,9 @@ def cmd(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except TargetError as exc:
         raise UsageError(f"kamailio target: {exc}") from None
+    except BaseException:
+        stop_pool(executor)  # ^C or SIGTERM: kill the workers, wait for no job
+        raise
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)

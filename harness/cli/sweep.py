@@ -146,7 +146,7 @@ def _run(
 ) -> list[SweepPoint]:
     """Every point of the sweep, on this machine's cores or on the --scheduler's cluster."""
     from harness.analysis.sweep import run_sweep
-    from harness.runner import local_executor, text_progress
+    from harness.runner import local_executor, stop_pool, text_progress
 
     client = None
     executor: Executor | None
@@ -174,6 +174,10 @@ def _run(
             executor=executor,
             progress=None if args.quiet else text_progress(),
         )
+    except BaseException:
+        if client is None:
+            stop_pool(executor)  # ^C or SIGTERM: kill the workers, wait for no job
+        raise
     finally:
         if client is not None:
             client.close()
