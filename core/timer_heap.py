@@ -1,0 +1,101 @@
+"""The timer heap shared by a user's RFC 3261 transactions (`core.transaction`) and its own
+timers: deadlines in one heap (trio-style lazy deletion) exposing the exact next deadline.
+
+A transaction's timers ride on one carrier entry (see `TimerHeap`); the transaction keeps
+them itself (`Transaction._timers`, `_carries`, `_recarry`). Sans-IO: no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from typing import Any
+
+_heappush = heapq.heappush
+
+_CARRIER = "(carrier)"  # the name of a heap entry that carries a transaction's timers
+
+
+class TimerHeap:
+    """Deadlines of many timers in one heap; cancelled entries are skipped when popped.
+
+    An entry is a list `[when, seq, target, name, live]`; `seq` breaks ties in schedule
+    order so targets are never compared.  Dead entries are compacted away when they
+    outnumber the live ones, so a steady load keeps the heap bounded.
+
+    A transaction's timers (A and B started together and stopped a few ms later, then M
+    for 64·T1...) do not get an entry each: the transaction keeps them as (when, seq) and
+    the heap holds one *carrier* entry per transaction, keyed by the earliest of them when
+    it was pushed. A timer stopped in the meantime leaves the carrier early, never late:
+    when it pops with no timer of its key left, it is pushed again at the earliest key
+    that is. Every timer still takes its `seq` when started, so timers fire in exactly the
+    order one entry each would give. `len()` counts running timers either way.
+    """
+
+    __slots__ = ("_heap", "_seq", "_dead", "_running")
+
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []
+        self._seq = itertools.count()
+        self._dead = 0
+        self._running = 0  # timers scheduled or started, neither cancelled nor fired
+
+    def __len__(self) -> int:
+        return self._running
+
+    def schedule(self, when: float, target: Any, name: str) -> list[Any]:
+        entry = [when, next(self._seq), target, name, True]
+        _heappush(self._heap, entry)
+        self._running += 1
+        return entry
+
+    def cancel(self, entry: list[Any]) -> None:
+        if entry[4]:
+            self._running -= 1
+            self._kill(entry)
+
+    def _kill(self, entry: list[Any]) -> None:
+        entry[4] = False
+        self._dead += 1
+        if self._dead > 1024 and self._dead * 2 > len(self._heap):
+            self._heap = [e for e in self._heap if e[4]]
+            heapq.heapify(self._heap)
+            self._dead = 0
+
+    def _carry(self, when: float, seq: int, txn: Any) -> list[Any]:
+        entry = [when, seq, txn, _CARRIER, True]
+        _heappush(self._heap, entry)
+        return entry
+
+    def next_deadline(self) -> float | None:
+        heap = self._heap
+        while heap:
+            head = heap[0]
+            if not head[4]:
+                heapq.heappop(heap)
+                self._dead -= 1
+            elif head[3] is _CARRIER and not head[2]._carries(head[1]):
+                heapq.heappop(heap)  # early: its timer stopped; on to the earliest left
+                head[4] = False
+                head[2]._recarry(head)
+            else:
+                return head[0]
+        return None
+
+    def pop_due(self, now: float) -> list[Any] | None:
+        """The earliest live entry due at or before `now` (marked fired), else None."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if not entry[4]:
+                self._dead -= 1
+                continue
+            entry[4] = False
+            if entry[3] is not _CARRIER:
+                self._running -= 1
+                return entry
+            name = entry[2]._recarry(entry)
+            if name is not None:
+                self._running -= 1
+                return [entry[0], entry[1], entry[2], name, False]
+        return None
