@@ -65,3 +65,14 @@ def test_progress_is_drawn_on_a_terminal_only_and_within_100_columns() -> None:
     lines = terminal.text.split("\r")[1:]
     assert all(len(line.rstrip("\n")) <= 100 for line in lines)
     assert terminal.text.endswith("\n")
+
+
+def test_run_writes_a_self_contained_page_and_wide_prints_every_column(tmp_path, capsys):
+    assert main(["run", "--strategy", "inline", "--load", LOAD, "--quiet", "--wide",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "dup/stale/reord" in out
+    html = (tmp_path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3  # the three plots, embedded
+    assert "deferbench run --strategy inline" in html
+    assert "![delay cdf](delay_cdf.png)" in (tmp_path / "report.md").read_text()

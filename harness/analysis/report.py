@@ -14,7 +14,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 import strategies
-from harness.analysis import plots
+from harness.analysis import page, plots
 from harness.measure.results import RunResult
 
 
@@ -220,3 +220,16 @@ def write_plots(result: RunResult, directory: Path) -> list[Path]:
         ),
         plots.delay_cdf(delays, requested, directory / "delay_cdf.png", f"deferral delay, {rate}"),
     ]
+
+
+def write_page(result: RunResult, directory: Path, images: list[Path]) -> tuple[Path, Path]:
+    """report.html (self-contained) and report.md beside the result: the headline, both
+    tables, the plots, the command, machine facts and the cost profile."""
+    sections = [
+        page.Section("what ran", headline(result)),
+        page.Section("comparison", comparison_table(result)),
+        page.Section("every figure", comparison_table(result, wide=True)),
+        page.Section("plots", "", tuple(images)),
+    ]
+    title = f"deferbench run: {result.target} target, {result.load.reinvite_rate:g} re-INVITEs/s"
+    return page.write(directory, "report", title, sections, result.command, result.costs)

@@ -85,6 +85,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p_run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p_run.add_argument(
+        "--wide", action="store_true", help="every column and full specs (wider than 100)"
+    )
+    p_run.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -202,8 +205,9 @@ def _report(
     args: argparse.Namespace, result: RunResult, directory: Path, plots: bool = True
 ) -> None:
     write_result(result, directory)
-    if plots and not args.no_plots:
-        report.write_plots(result, directory)
+    images = report.write_plots(result, directory) if plots and not args.no_plots else []
+    table = report.comparison_table(result, wide=args.wide)
+    report.write_page(result, directory, images)
     print(f"\n{report.headline(result)}")
-    print(report.comparison_table(result))
+    print(table)
     print(f"\n{report.reproduce_line(result)}\nwritten: {directory}/")
