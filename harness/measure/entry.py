@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -92,21 +92,17 @@ class CpuWindow:
 @dataclass(frozen=True, slots=True)
 class UacFigures:
     """What the entry needs from the load's UAC, whoever played it: per re-INVITE sent, its
-    send time (on the clock of `load_start`) and e2e (None: no final response); and the
-    calls planned but not finished."""
+    send time (on the clock of `load_start`) and e2e (None or NaN: no final response); and
+    the calls planned but not finished."""
 
-    sent: tuple[float, ...]
-    e2e: tuple[float | None, ...]
+    sent: Sequence[float]
+    e2e: Sequence[float | None]
     calls_unfinished: int
 
     @classmethod
     def of(cls, uac: Uac, calls_planned: int) -> UacFigures:
-        """From the harness's own UAC."""
-        return cls(
-            tuple(uac.sent),
-            tuple(None if math.isnan(e2e) else e2e for e2e in uac.e2e),
-            uac.active + calls_planned - len(uac.calls),
-        )
+        """From the harness's own UAC (its arrays, shared: NaN for no final response)."""
+        return cls(uac.sent, uac.e2e, uac.active + calls_planned - len(uac.calls))
 
 
 class DeferralTally:
@@ -173,9 +169,10 @@ class DeferralTally:
             self.resumed_by[role or "unknown"] += 1
         return key
 
-    def delays(self) -> list[float]:
-        """Every resumed deferral's delay (s), in suspend order."""
-        return [d for d in self._delays if not math.isnan(d)]
+    def delays(self) -> array[float]:
+        """Every resumed deferral's delay (s), in suspend order (doubles, not float objects:
+        a long run's result is built without a Python float per transaction)."""
+        return array("d", [d for d in self._delays if not math.isnan(d)])
 
 
 def account_deferrals(
@@ -185,7 +182,7 @@ def account_deferrals(
     tally = DeferralTally(ledger)
     for record in records:
         tally.add(record)
-    return tally.delays(), tally.resumed_by
+    return list(tally.delays()), tally.resumed_by
 
 
 def cpu_figures(window: CpuWindow, idle: CpuWindow | None, sent_in_window: int) -> dict[str, Any]:
@@ -272,7 +269,7 @@ def strategy_entry(
     for sent, latency in zip(uac.sent, uac.e2e, strict=True):
         if sent < window_end:
             sent_in_window += 1
-        if latency is not None:
+        if latency is not None and latency == latency:  # None or NaN: no final response
             e2e.record(latency)
 
     requested = strategy.requested_delay
