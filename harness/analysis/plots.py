@@ -38,7 +38,9 @@ def _style(i: int) -> dict[str, object]:
 
 
 def _legend_outside(ax: plt.Axes) -> None:
-    """The legend right of the data, never over a curve."""
+    """The legend right of the data, never over a curve (none when nothing was drawn)."""
+    if not ax.get_legend_handles_labels()[0]:
+        return
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
 
 
