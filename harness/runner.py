@@ -185,6 +185,7 @@ def assemble(
         "machine": asdict(MachineFacts.current()),
         "network": facts["network"],
         "costs": facts["costs"],
+        "driver": facts.get("driver"),
         "strategies": list(entries),
     }
     if incomplete is not None:

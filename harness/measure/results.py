@@ -16,6 +16,7 @@ measured or nothing to measure):
       "command": ["deferbench", "run", ...],         # the argv that reproduces this file
       "target": "sim" | "live" | "kamailio",
       "backend": "trio" | "asyncio" | null,          # anyio backend (live), null if none
+      "driver": "python" | "sipp" | null,            # who played UAC/UAS (live, kamailio)
       "load": {
         "spec": "reinvite:rate=20/s,duration=10s,...",  # canonical load spec
         "fields": {"scenario": "reinvite", "rate_per_s": 20.0, "duration_s": 10.0,
@@ -418,6 +419,7 @@ class RunResult:
     strategies: list[StrategyResult]
     network: str | None = None  # sim: the link model every direction used, e.g. "1ms±1ms"
     costs: str | None = None  # sim: the cost profile's source (adopted file, built-in, --costs)
+    driver: str | None = None  # real targets: who played the UAC and UAS (python, sipp)
     schema: str = SCHEMA
     incomplete: Incomplete | None = None  # a signal stopped the run before every strategy ran
 
@@ -482,6 +484,7 @@ class RunResult:
             strategies=[StrategyResult.from_json(_Reader(s, p)) for s, p in r.array("strategies")],
             network=r.string("network", nullable=True) if "network" in data else None,
             costs=r.string("costs", nullable=True) if "costs" in data else None,
+            driver=r.string("driver", nullable=True) if "driver" in data else None,
             incomplete=Incomplete.from_json(r) if data.get("incomplete") is not None else None,
         )
 

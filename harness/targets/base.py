@@ -36,7 +36,8 @@ class Target(Protocol):
         ...
 
     def facts(self) -> dict[str, Any]:
-        """What a result document records about the engine: backend, network, costs."""
+        """What a result document records about the engine: backend, network, costs,
+        driver."""
         ...
 
 

@@ -139,7 +139,7 @@ class SimTarget:
 
     def facts(self) -> dict[str, Any]:
         network = self.network.describe() if self.network is not None else None
-        return {"backend": None, "network": network, "costs": self.costs_source}
+        return {"backend": None, "network": network, "costs": self.costs_source, "driver": None}
 
 
 def idle_load(duration: float) -> LoadSpec:

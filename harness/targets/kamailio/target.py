@@ -177,7 +177,7 @@ class KamailioTarget:
                             driver=self.driver).result  # fmt: skip
 
     def facts(self) -> dict[str, Any]:
-        return {"backend": None, "network": None, "costs": None}
+        return {"backend": None, "network": None, "costs": None, "driver": self.driver}
 
 
 def kamailio_run(

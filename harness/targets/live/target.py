@@ -247,7 +247,7 @@ class LiveTarget:
                         idle_window=self.idle_window).result  # fmt: skip
 
     def facts(self) -> dict[str, Any]:
-        return {"backend": self.backend, "network": None, "costs": None}
+        return {"backend": self.backend, "network": None, "costs": None, "driver": "python"}
 
 
 def live_run(
