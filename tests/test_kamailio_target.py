@@ -255,5 +255,5 @@ def test_cli_run_target_kamailio_writes_a_result(tmp_path, capsys):
     assert document["target"] == "kamailio"
     (entry,) = document["strategies"]
     assert entry["target"] == "kamailio"
-    assert entry["counters"]["driver: python"] == 1  # the default driver, named
+    assert entry["counters"]["driver: sipp"] == 1  # the default driver, named
     _assert_clean(entry, 20)

@@ -227,7 +227,7 @@ KAMAILIO = ["--target", "kamailio", "--strategy", "inline", "--strategy", "async
             "--fr-timer", "2s", "--children", "4"]  # fmt: skip
 SIPP = [*KAMAILIO, "--driver", "sipp",
         "--load", "reinvite:rate=20/s,duration=6s,arrival=constant"]  # fmt: skip
-PYTHON_DRIVER = [*KAMAILIO, "--load", "reinvite:rate=10/s,duration=6s"]
+PYTHON_DRIVER = [*KAMAILIO, "--driver", "python", "--load", "reinvite:rate=10/s,duration=6s"]
 
 
 def _kamailio_running(h: Harness, sipp: bool) -> bool:
