@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,9 +151,10 @@ def test_capacities_of_repeats_are_their_median_and_ignore_races():
 # ---------------------------------------------------------------------------- judging
 
 
-def _figs(p50: float, p99: float, early: float, wakeups: float) -> dict:
+def _figs(p50: float, p99: float, early: float, wakeups: float, cpu: float = 600.0) -> dict:
     return {
         "strategy": "async-route",
+        "cpu_us_per_reinvite": cpu,
         "delay_p50_ms": p50,
         "delay_p99_ms": p99,
         "early_pct": early,
@@ -169,14 +171,15 @@ def _verdicts(checks: list[cal.Check]) -> dict[str, str]:
 
 def test_judge_uses_the_larger_of_10_percent_and_half_a_millisecond():
     kam = _figs(2.0, 20.0, 10.0, 1000.0)
-    close = cal.judge(kam, _figs(2.45, 21.9, 14.0, 1090.0), 200.0, 200.0, 200.0)
+    close = cal.judge(kam, _figs(2.45, 21.9, 14.0, 1090.0, 685.0), 200.0, 200.0, 200.0)
     assert set(_verdicts(close).values()) == {"PASS"}
-    far = cal.judge(kam, _figs(2.6, 22.5, 16.0, 1110.0), 200.0, 100.0, 200.0)
+    far = cal.judge(kam, _figs(2.6, 22.5, 16.0, 1110.0, 700.0), 200.0, 100.0, 200.0)
     assert _verdicts(far) == {
         "delay p50 ms": "MISS",
         "delay p99 ms": "MISS",
         "early %": "MISS",
         "idle wake-ups/s": "MISS",
+        "CPU µs per re-INVITE": "MISS",  # 700 against 600: more than 15 %
         "capacity re-INV/s": "MISS",
     }
 
@@ -215,7 +218,7 @@ def test_calibrate_two_strategies_writes_a_loadable_profile_and_prints_the_table
     out = tmp_path / "cal"
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cli", "calibrate", "--strategy", "inline",
-         "--strategy", "mqueue-rtimer", "--rates", "50", "--duration", "2s",
+         "--strategy", "mqueue-rtimer", "--rates", "50", "--duration", "2s", "--repeat", "1",
          "--capacity-rates", "400", "--out", str(out), "--quiet"],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
@@ -272,3 +275,155 @@ def test_capacity_failure_names_the_criterion_that_failed():
     inline = {**entry, "requested_delay_ms": 0.0, "lateness_ms": {"p99": None},
               "ledger": {"transactions": 10, "resumed": 10}, "e2e_ms": {"p99": 1.0}}  # fmt: skip
     assert cal.capacity_failure(inline) == ""  # nothing deferred: lateness does not apply
+
+
+# ---------------------------------------------------------------------------- held out
+
+RATES = (50.0, 200.0, 1000.0)
+SPECS = ("inline", "async-task")
+
+
+def _entry(spec: str, rate: float, per_txn: float, p50: float, p99: float) -> dict:
+    """A result entry as the targets write it, with what calibration reads."""
+    deferred = spec != "inline"
+    return {
+        "strategy": spec,
+        "load": f"reinvite:rate={rate / 10:g}/s,duration=3s,reinvites=10,gap=20ms",
+        "delay_ms": {"p50": p50, "p90": p50, "p99": p99} if deferred else
+                    {"p50": None, "p90": None, "p99": None},
+        "early_share": 0.0 if deferred else None,
+        "cpu": {"busy_share": per_txn * rate / 1e6, "per_txn_us": per_txn},
+        "counters": {"resumed by async-task-worker": 1} if deferred else {},
+        "ledger": {"transactions": 30, "resumed": 30},
+        "requested_delay_ms": 10.0 if deferred else 0.0,
+        "lateness_ms": {"p99": p99 - 10.0 if deferred else None},
+        "e2e_ms": {"p99": p99 + 1.0},
+    }  # fmt: skip
+
+
+def _idle(wakeups: float) -> dict:
+    return {
+        "cpu": {"busy_share": 0.002, "wakeups_per_s": wakeups,
+                "by_role": {"timer": {"wakeups_per_s": wakeups, "busy_share": 0.002}}},
+        "counters": {"processes: timer": 2},
+    }  # fmt: skip
+
+
+def _fake_sides(monkeypatch, kamailio: dict) -> None:
+    """calibrate's runs replaced: Kamailio's entries from `kamailio` ((spec, rate) -> list
+    of (per_txn µs, p50, p99) per repeat), the sim's fixed (any profile)."""
+    from harness.analysis.calibrate import pipeline
+
+    def kamailio_points(specs, loads, duration, seed, settings, repeat, say):
+        kam = {(s, r): [_entry(s, r, *f) for f in kamailio[s.partition(":")[0], r]] for s in specs
+               for r in loads}  # fmt: skip
+        return kam, {s: [_idle(20.0)] * repeat for s in specs}, []
+
+    def sim_points(specs, loads, duration, seed, settings, costs, label, executor, say):
+        sim = {(s, r): [_entry(s, r, 400.0 if s == "inline" else 450.0, 10.2, 10.6)]
+               for s in specs for r in loads}  # fmt: skip
+        return {s: [_idle(20.0)] for s in specs}, sim
+
+    monkeypatch.setattr(pipeline, "kamailio_points", kamailio_points)
+    monkeypatch.setattr(pipeline, "sim_points", sim_points)
+
+
+def _kamailio_figures(held_out_scale: float = 1.0, fit_scale: float = 1.0) -> dict:
+    out = {}
+    for rate in RATES:
+        scale = held_out_scale if rate == 200.0 else fit_scale
+        out["inline", rate] = [(600.0 * scale, 0.0, 0.0)] * 3
+        out["async-task", rate] = [(700.0 * scale, 10.5 * scale, 13.0 * scale),
+                                   (720.0 * scale, 10.6 * scale, 14.0 * scale),
+                                   (710.0 * scale, 10.4 * scale, 12.0 * scale)]  # fmt: skip
+    return out
+
+
+def _calibrate(monkeypatch, kamailio: dict, **kwargs) -> cal.Calibration:
+    from core.runtime.server import ServerSettings
+
+    _fake_sides(monkeypatch, kamailio)
+    return cal.calibrate(list(SPECS), list(RATES), 3.0, 1, ServerSettings(cores=2),
+                         CostProfile(), repeat=3, **kwargs)  # fmt: skip
+
+
+def test_fit_rates_default_to_the_lowest_and_highest_and_must_be_run():
+    assert cal.fit_rates_of([200.0, 50.0, 1000.0], None) == [50.0, 1000.0]
+    assert cal.fit_rates_of([50.0, 200.0, 1000.0], [200.0]) == [200.0]
+    with pytest.raises(ValueError, match="--fit-rates 300 not in --rates 50,200"):
+        cal.fit_rates_of([50.0, 200.0], [300.0])
+
+
+def test_fits_ignore_the_held_out_runs(monkeypatch):
+    # 200/s is held out (fit on 50 and 1000): triple its Kamailio figures, nothing moves
+    base = _calibrate(monkeypatch, _kamailio_figures())
+    moved = _calibrate(monkeypatch, _kamailio_figures(held_out_scale=3.0))
+    assert base.fit_rates == moved.fit_rates == [50.0, 1000.0]
+    assert base.fitted != CostProfile()  # message costs, suspend/continue, the tail fitted
+    assert moved.fitted == base.fitted and moved.notes == base.notes
+    # ... while the same change at the fit rates does move it (the test can fail)
+    assert _calibrate(monkeypatch, _kamailio_figures(fit_scale=3.0)).fitted != base.fitted
+    # and fitting on 200 alone, it is the one that counts
+    on_200 = _calibrate(monkeypatch, _kamailio_figures(held_out_scale=3.0), fit_rates=[200.0])
+    assert on_200.fitted != base.fitted
+
+
+def test_every_point_is_marked_and_the_summary_counts_held_out_cells_only(monkeypatch):
+    result = _calibrate(monkeypatch, _kamailio_figures())
+    cells = {(p["strategy"].partition(":")[0], p["reinvite_rate"]): p["cell"]
+             for p in result.points}  # fmt: skip
+    assert cells == {(s, r): "held out" if r == 200.0 else "fit" for s in SPECS for r in RATES}
+    table = cal.table(result)
+    assert "rate is" in table and "held out" in table
+    summary = cal.summary(result)
+    assert len(summary.splitlines()) == 6  # one line per judged figure
+    for line in summary.splitlines():
+        # two strategies held out at one rate: two counted cells per figure, four fit ones
+        held, _, fit = line.partition("[fit, not counted: ")
+        assert "held out" in held and fit, line
+        assert sum(int(n) for n in re.findall(r"(\d+) (?:pass|miss|n/a)", held)) == 2, line
+        assert sum(int(n) for n in re.findall(r"(\d+) (?:pass|miss|n/a)", fit)) == 4, line
+    document = result.to_json(["deferbench", "calibrate"])
+    assert document["fit_rates"] == [50.0, 1000.0] and document["held_out_rates"] == [200.0]
+
+
+def test_summary_counts_held_out_cells_only_and_shows_fit_ones_apart():
+    def point(cell: str, verdict: str, why: str = "") -> dict:
+        return {"cell": cell, "checks": [{"figure": "delay p50 ms", "verdict": verdict,
+                                          "why": why}]}  # fmt: skip
+
+    result = cal.Calibration(["x"], [1.0, 2.0], 1.0, 1, 2, CostProfile(), CostProfile(), [], [])
+    result.points = [point("fit", "MISS"), point("fit", "MISS"), point("held out", "PASS"),
+                     point("held out", "MISS", f"spread 3: {cal.WITHIN_SPREAD}")]  # fmt: skip
+    assert cal.summary(result) == (
+        "  delay p50 ms: held out 1 pass, 1 miss (1 within Kamailio's own spread)  "
+        "[fit, not counted: 0 pass, 2 miss]"
+    )
+    result.points = [point("fit", "PASS")]
+    assert cal.summary(result).splitlines()[0].strip().startswith("no held-out cell")
+
+
+def test_a_miss_names_kamailios_own_spread_when_wider_than_the_bound():
+    def judged(p50: float, spread: dict) -> cal.Check:
+        kam = {**_figs(10.0, 20.0, 0.0, 100.0), "spread": spread}
+        checks = cal.judge(kam, _figs(p50, 20.0, 0.0, 100.0), None, None, 50.0)
+        return next(c for c in checks if c.figure == "delay p50 ms")
+
+    within = judged(12.0, {"delay_p50_ms": 3.0})  # 2 ms off, bound 1 ms, repeats 3 ms apart
+    assert within.verdict == "MISS"  # still a miss, counted as one
+    assert "Kamailio's own repeats spread 3 (bound 1)" in within.why
+    assert cal.WITHIN_SPREAD in within.why
+    beyond = judged(14.0, {"delay_p50_ms": 3.0})  # 4 ms off: wider than the spread too
+    assert "spread 3" in beyond.why and cal.WITHIN_SPREAD not in beyond.why
+    narrow = judged(12.0, {"delay_p50_ms": 0.8})  # repeats agree within the bound: no note
+    assert "spread" not in narrow.why
+    assert judged(10.5, {"delay_p50_ms": 3.0}).why == ""  # a PASS is left alone
+
+
+def test_median_figures_give_the_spread_of_the_repeats():
+    idle = _idle(20.0)
+    runs = [_entry("async-task", 100.0, c, p, p + 2) for c, p in ((700, 10.5), (720, 11.5))]
+    figs = cal.median_figures(runs, [idle] * 2, 1, 100.0)
+    assert figs["spread"]["delay_p50_ms"] == pytest.approx(1.0)
+    assert figs["spread"]["cpu_us_per_reinvite"] == pytest.approx(20.0)
+    assert cal.median_figures(runs[:1], [idle], 1, 100.0)["spread"] == {}

@@ -122,6 +122,25 @@ def fit_phases(role: str, passes: Mapping[int, Sequence[float]]) -> PhaseFit | N
     return PhaseFit(role, len(runs), tuple(gaps[:-1]), periods, steps)
 
 
+def fit_rates_of(rates: Sequence[float], fit_rates: Sequence[float] | None) -> list[float]:
+    """The rates whose runs the fits use (the rest of `rates` are held out and judged).
+
+    Default (None): the lowest and the highest of `rates`, so that every held-out rate lies
+    between two fitted ones (the sim is judged on interpolating, not extrapolating; with
+    50,200,1000 it fits 50 and 1000 and predicts 200). ValueError when a fit rate is not
+    one of `rates`.
+    """
+    if fit_rates is None:
+        return sorted({min(rates), max(rates)})
+    extra = sorted(set(fit_rates) - set(rates))
+    if extra:
+        raise ValueError(
+            f"--fit-rates {','.join(f'{r:g}' for r in extra)} not in --rates "
+            f"{','.join(f'{r:g}' for r in sorted(rates))}: fit rates are some of the rates run"
+        )
+    return sorted(set(fit_rates))
+
+
 def marginal_us(per_txn_us: float, idle_core_share: float, reinvite_rate: float) -> float:
     """CPU per re-INVITE above the standing (idle) cost, which the rate spreads over calls."""
     return per_txn_us - idle_core_share * 1e6 / reinvite_rate

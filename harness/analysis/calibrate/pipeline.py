@@ -21,6 +21,7 @@ from harness.analysis.calibrate.fit import (
     common_stalls_strategy,
     fit_common_stalls,
     fit_from_runs,
+    fit_rates_of,
 )
 from harness.analysis.calibrate.report import Calibration, judged_points, point_figures
 from harness.analysis.calibrate.runs import (
@@ -44,6 +45,7 @@ def calibrate(
     settings: ServerSettings,
     base: CostProfile,
     *,
+    fit_rates: Sequence[float] | None = None,
     repeat: int = 1,
     capacity_rates: Sequence[float] = (),
     executor: Executor | None = None,
@@ -52,22 +54,26 @@ def calibrate(
     """Run both sides, fit, re-run the sim with the fit; see the package docstring.
 
     Kamailio runs every point `repeat` times (the same seeded load: the spread is
-    Kamailio's and the machine's); fits use every run, judged figures are medians.
+    Kamailio's and the machine's); fits use every run at `fit_rates` (default: the lowest
+    and highest of `rates`, `fit_rates_of`) and the idle runs, never a run at a held-out
+    rate; judged figures are medians, and only the held-out points count in the summary.
     `capacity_rates`: the capacity ladder, SIPp-driven on Kamailio (`capacity_ladder`);
     without it capacity is judged over `rates` alone.
     """
     say = progress or (lambda _line: None)
     specs = [strategies.parse_spec(s).spec for s in specs]
     rates = sorted(rates)
+    fitting = fit_rates_of(rates, fit_rates)  # ValueError before anything runs
     loads = {rate: load_for(rate, duration).spec for rate in rates}
     kam, kam_idle, phases = kamailio_points(specs, loads, duration, seed, settings, repeat, say)
     sim_idle, sim = sim_points(specs, loads, duration, seed, settings, base, "starting",
                                executor, say)  # fmt: skip
     cores = settings.cores
     kam_figs, sim_figs = point_figures(kam, kam_idle, 1), point_figures(sim, sim_idle, cores)
-    fitted, notes, fits = fit_from_runs(specs, rates, kam_idle, kam_figs, sim_figs, base, phases)
+    fitted, notes, fits = fit_from_runs(specs, fitting, kam_idle, kam_figs, sim_figs, base,
+                                        phases)  # fmt: skip
     if fitted.wakeup_tail > 0:
-        fitted, note = _fit_common_stalls(specs, rates, kam_figs, duration, seed, settings,
+        fitted, note = _fit_common_stalls(specs, fitting, kam_figs, duration, seed, settings,
                                           fitted, executor, say)  # fmt: skip
         notes.append(note)
     fit_idle, fit = sim_points(specs, loads, duration, seed, settings, fitted, "fitted",
@@ -83,7 +89,8 @@ def calibrate(
     figs = {"kamailio": kam_figs, "sim": point_figures(fit, fit_idle, cores),
             "sim_starting": sim_figs}  # fmt: skip
     result.points = judged_points(specs, loads, figs, caps, highest, why,
-                                  {"kamailio": kam, "sim": fit})  # fmt: skip
+                                  {"kamailio": kam, "sim": fit}, fitting)  # fmt: skip
+    result.fit_rates = fitting
     result.idle = {
         "kamailio": kam_idle, "sim": fit_idle, "sim_starting": sim_idle,
     }  # fmt: skip

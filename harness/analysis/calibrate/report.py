@@ -25,6 +25,9 @@ from harness.load.spec import parse_load
 Points = Mapping[tuple[str, float], Sequence[dict[str, Any]]]
 """(strategy spec, re-INVITE rate) -> one result entry per repeat."""
 
+FIT, HELD_OUT = "fit", "held out"
+"""A point's `cell`: its Kamailio runs fed the fits, or it is a prediction (judged)."""
+
 # ---------------------------------------------------------------------------- figures
 
 
@@ -78,15 +81,21 @@ def median_figures(
 ) -> dict[str, Any]:
     """`figures` of each (run, idle run) pair; numbers are the median over the pairs.
 
-    Non-numeric figures (roles, ledger) come from the first pair; `runs` says how many.
+    Non-numeric figures (roles, ledger) come from the first pair; `runs` says how many;
+    `spread` maps each number with two or more values to their range (max − min): how far
+    the repeats of this point spread on their own (empty with one run).
     """
     each = [figures(e, i, cores, rate) for e, i in zip(entries, idles, strict=True)]
     out = dict(each[0])
+    spread: dict[str, float] = {}
     for key, value in out.items():
         if isinstance(value, int | float) or value is None:
             values = [f[key] for f in each if f[key] is not None]
             out[key] = statistics.median(values) if values else None
+            if len(values) > 1:
+                spread[key] = max(values) - min(values)
     out["runs"] = len(each)
+    out["spread"] = spread
     return out
 
 
@@ -108,13 +117,37 @@ class Check:
     sim: float | None
     verdict: str  # PASS | MISS | n/a
     why: str = ""
+    bound: float | None = None  # the largest |sim − kamailio| that passes
+
+
+WITHIN_SPREAD = "within Kamailio's own spread"
+"""Said of a MISS whose |sim − Kamailio's median| is within the range of Kamailio's repeats."""
+
+SPREAD_KEYS = {"delay p50 ms": "delay_p50_ms", "delay p99 ms": "delay_p99_ms",
+               "early %": "early_pct", "idle wake-ups/s": "idle_wakeups_per_s",
+               "CPU µs per re-INVITE": "cpu_us_per_reinvite"}  # fmt: skip
+"""Judged figure -> the figure key whose repeat spread (`median_figures`) it is read by."""
 
 
 def _delay_check(name: str, kam: float | None, sim: float | None) -> Check:
     if kam is None or sim is None:
         return Check(name, kam, sim, "n/a", "no delays recorded on one side")
     bound = max(0.1 * abs(kam), 0.5)
-    return Check(name, kam, sim, "PASS" if abs(sim - kam) <= bound else "MISS")
+    return Check(name, kam, sim, "PASS" if abs(sim - kam) <= bound else "MISS", bound=bound)
+
+
+def _with_spread(check: Check, spread: Mapping[str, float]) -> Check:
+    """A MISS whose Kamailio repeats spread wider than its bound, with that spread beside it
+    (and `WITHIN_SPREAD` when |sim − Kamailio's median| is no more than the spread)."""
+    key = SPREAD_KEYS.get(check.figure)
+    width = spread.get(key) if key else None
+    if check.verdict != "MISS" or width is None or check.bound is None or width <= check.bound:
+        return check
+    assert check.kamailio is not None and check.sim is not None  # a MISS has both
+    note = f"Kamailio's own repeats spread {width:.3g} (bound {check.bound:.3g})"
+    if abs(check.sim - check.kamailio) <= width:
+        note += f": {WITHIN_SPREAD}"
+    return replace(check, why="; ".join(w for w in (note, check.why) if w))
 
 
 def judge(
@@ -128,6 +161,8 @@ def judge(
     """Each figure with a fidelity bound -> PASS/MISS, with a reason if known.
 
     `capacity_why`: what failed at the first failing rate on each side (`capacity_failure`).
+    A MISS where Kamailio's own repeats (`kam["spread"]`) spread wider than the bound
+    names that spread (`_with_spread`).
     """
     checks = [
         _delay_check("delay p50 ms", kam["delay_p50_ms"], sim["delay_p50_ms"]),
@@ -140,13 +175,21 @@ def judge(
         checks.append(Check("early %", ke, se, "n/a", "no delays recorded on one side"))
     else:
         ok = abs(se - ke) <= 5.0
-        checks.append(Check("early %", ke, se, "PASS" if ok else "MISS", "" if ok else reasons))
+        checks.append(Check("early %", ke, se, "PASS" if ok else "MISS", "" if ok else reasons,
+                            5.0))  # fmt: skip
     kw, sw = kam["idle_wakeups_per_s"], sim["idle_wakeups_per_s"]
     ok = abs(sw - kw) <= 0.1 * kw
     why = _wakeup_reasons(kam, sim)
     if ok:  # the total can agree while the roles behind it differ: say so
         why = "" if why == "not diagnosed" else f"total within 10%, but {why}"
-    checks.append(Check("idle wake-ups/s", kw, sw, "PASS" if ok else "MISS", why))
+    checks.append(Check("idle wake-ups/s", kw, sw, "PASS" if ok else "MISS", why, 0.1 * kw))
+    kc, sc = kam.get("cpu_us_per_reinvite"), sim.get("cpu_us_per_reinvite")
+    if kc is None or sc is None:
+        checks.append(Check("CPU µs per re-INVITE", kc, sc, "n/a", "no re-INVITE on one side"))
+    else:
+        ok = abs(sc - kc) <= 0.15 * kc
+        checks.append(Check("CPU µs per re-INVITE", kc, sc, "PASS" if ok else "MISS",
+                            bound=0.15 * kc))  # fmt: skip
     if kam_capacity == sim_capacity:
         why = "both below the lowest tested rate" if kam_capacity is None else ""
         if kam_capacity == highest_rate:
@@ -172,7 +215,8 @@ def judge(
             )
         checks.append(Check("capacity re-INV/s", kam_capacity, sim_capacity,
                             "PASS" if ok else "MISS", why))  # fmt: skip
-    return checks
+    spread = kam.get("spread") or {}
+    return [_with_spread(c, spread) for c in checks]
 
 
 KNOWN_DELAY_CAUSES = {
@@ -235,7 +279,7 @@ def _wakeup_reasons(kam: Mapping[str, Any], sim: Mapping[str, Any]) -> str:
 
 def _check_json(check: Check) -> dict[str, Any]:
     return {"figure": check.figure, "kamailio": check.kamailio, "sim": check.sim,
-            "verdict": check.verdict, "why": check.why}  # fmt: skip
+            "verdict": check.verdict, "why": check.why, "bound": check.bound}  # fmt: skip
 
 
 def judged_points(
@@ -246,10 +290,13 @@ def judged_points(
     highest_rate: float,
     capacity_why: Mapping[str, str],
     entries: Mapping[str, Points],
+    fit_rates: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """One document point per strategy × rate of `loads`: the figures of each side
     ("kamailio", "sim" the fitted, "sim_starting"), the capacities, the `judge` checks of
-    Kamailio against the fitted sim, and the result entries of `entries`' sides."""
+    Kamailio against the fitted sim, the result entries of `entries`' sides, and its
+    `cell`: "fit" when its rate is one of `fit_rates` (its Kamailio runs fed the fits;
+    None: every rate), else "held out" (a prediction: only these count in `summary`)."""
     points = []
     for spec in specs:
         for rate, load in loads.items():
@@ -258,6 +305,7 @@ def judged_points(
                            capacity_why[spec])  # fmt: skip
             points.append({
                 "strategy": spec, "reinvite_rate": rate, "load": load,
+                "cell": FIT if fit_rates is None or rate in fit_rates else HELD_OUT,
                 "kamailio": k, "sim": f, "sim_starting": figs["sim_starting"][spec, rate],
                 "capacity": {side: caps[side][spec] for side in caps},
                 "checks": [_check_json(c) for c in checks],
@@ -286,6 +334,7 @@ class Calibration:
     phase_fits: list[PhaseFit] = field(default_factory=list)
     ladder: dict[str, dict[str, Any]] = field(default_factory=dict)  # capacity_ladder()
     points: list[dict[str, Any]] = field(default_factory=list)  # one per strategy × rate
+    fit_rates: list[float] = field(default_factory=list)  # the rates the fits used
     idle: dict[str, dict[str, Any]] = field(default_factory=dict)  # target/side -> spec -> entry
 
     def to_json(self, command: Sequence[str]) -> dict[str, Any]:
@@ -294,6 +343,8 @@ class Calibration:
             "command": list(command),
             "strategies": self.strategies,
             "rates": self.rates,
+            "fit_rates": self.fit_rates,
+            "held_out_rates": [r for r in self.rates if r not in self.fit_rates],
             "duration_s": self.duration,
             "repeat": self.repeat,
             "seed": self.seed,
@@ -381,23 +432,25 @@ def table(calibration: Calibration) -> str:
     for point in calibration.points:
         verdicts = {c["figure"]: c for c in point["checks"]}
         label = f"{point['strategy']} @ {point['reinvite_rate']:g}/s"
+        cell = point.get("cell", FIT)
         for title, key, digits in ROWS:
             check = verdicts.get(title)
             rows.append([
-                label, title, _fmt(point["kamailio"][key], digits),
+                label, cell, title, _fmt(point["kamailio"][key], digits),
                 _fmt(point["sim_starting"][key], digits), _fmt(point["sim"][key], digits),
                 check["verdict"] if check else "", check["why"] if check else "",
             ])  # fmt: skip
             label = ""
         cap = verdicts["capacity re-INV/s"]
         caps = point["capacity"]
-        rows.append(["", "capacity re-INV/s", _cap(caps["kamailio"]),
+        rows.append(["", cell, "capacity re-INV/s", _cap(caps["kamailio"]),
                      _cap(caps["sim_starting"]), _cap(caps["sim"]), cap["verdict"],
                      cap["why"]])  # fmt: skip
     return tabulate(
         rows,
         headers=[
             "strategy @ rate",
+            "rate is",
             "figure",
             "kamailio",
             "sim (starting)",
@@ -414,14 +467,33 @@ def _cap(value: float | None) -> str:
 
 
 def summary(calibration: Calibration) -> str:
-    """PASS/MISS counts per figure over every point."""
-    counts: dict[str, dict[str, int]] = {}
+    """PASS/MISS counts per figure over the held-out points only (the predictions); the
+    fit points' counts are shown beside them, not counted. A MISS within Kamailio's own
+    spread is counted as a miss and said so."""
+    counts: dict[str, dict[str, dict[str, int]]] = {}
     for point in calibration.points:
+        cell = point.get("cell", FIT)
         for check in point["checks"]:
-            tally = counts.setdefault(check["figure"], {"PASS": 0, "MISS": 0, "n/a": 0})
+            tallies = counts.setdefault(check["figure"], {})
+            tally = tallies.setdefault(cell, {"PASS": 0, "MISS": 0, "n/a": 0, "spread": 0})
             tally[check["verdict"]] += 1
+            tally["spread"] += int(check["verdict"] == "MISS" and WITHIN_SPREAD in check["why"])
     lines = []
-    for figure, c in counts.items():
-        na = f", {c['n/a']} n/a" if c["n/a"] else ""
-        lines.append(f"  {figure}: {c['PASS']} pass, {c['MISS']} miss{na}")
+    if not any(HELD_OUT in t for t in counts.values()):
+        lines.append("  no held-out cell: every rate was a fit rate (--fit-rates), nothing "
+                     "predicted is judged")  # fmt: skip
+    for figure, tallies in counts.items():
+        held = tallies.get(HELD_OUT)
+        text = f"  {figure}: "
+        if held is not None:
+            na = f", {held['n/a']} n/a" if held["n/a"] else ""
+            within = f" ({held['spread']} {WITHIN_SPREAD})" if held["spread"] else ""
+            text += f"held out {held['PASS']} pass, {held['MISS']} miss{within}{na}"
+        fit = tallies.get(FIT)
+        if fit is not None:
+            na = f", {fit['n/a']} n/a" if fit["n/a"] else ""
+            text += ("  " if held is not None else "") + (
+                f"[fit, not counted: {fit['PASS']} pass, {fit['MISS']} miss{na}]"
+            )
+        lines.append(text)
     return "\n".join(lines)

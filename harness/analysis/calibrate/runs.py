@@ -25,7 +25,10 @@ from harness.analysis.sweep import SweepPoint, capacity
 from harness.load.network import Link, parse_link
 from harness.load.spec import LoadSpec, parse_load
 
-CALL_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=1ms,arrival=poisson"
+CALL_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=20ms,arrival=constant"
+"""The calibration points' call shape: 10 re-INVITEs per call, each 20 ms after the previous
+ACK. SIPp drives every Kamailio run (the Python endpoints share the cores with Kamailio and
+top out near 1,000/s), so constant arrivals and whole-ms gaps; the sim gets the same load."""
 LOOPBACK = "latency=50us,jitter=20us,loss=0%"
 """The sim network for calibration: Kamailio runs on 127.0.0.1, so loopback-like links."""
 BOUND_MS = 5.0  # capacity: p99 lateness bound (the sweep's default)
@@ -59,8 +62,9 @@ def kamailio_points(
     specs: Sequence[str], loads: Mapping[float, str], duration: float, seed: int,
     settings: ServerSettings, repeat: int, say: Progress,
 ) -> tuple[Runs, dict[str, list[dict[str, Any]]], list[tuple[PhaseFit, float]]]:  # fmt: skip
-    """Kamailio's side, one run at a time (real CPU): per strategy and repeat an idle run
-    (with its traced timer phases) and a run at every rate."""
+    """Kamailio's side, one run at a time (real CPU), SIPp driving every run (the idle ones
+    start no call): per strategy and repeat an idle run (with its traced timer phases) and
+    a run at every rate."""
     from harness.targets.kamailio.target import kamailio_run
     from harness.targets.sim import idle_load
 
@@ -72,7 +76,8 @@ def kamailio_points(
         for n in range(repeat):
             tag = f" (run {n + 1}/{repeat})" if repeat > 1 else ""
             say(f"kamailio {spec}: idle {duration:g}s{tag}")
-            run = kamailio_run(spec, idle_load(duration), seed, settings, idle_window=IDLE_WINDOW)
+            run = kamailio_run(spec, idle_load(duration), seed, settings, idle_window=IDLE_WINDOW,
+                               driver="sipp")  # fmt: skip
             kam_idle.setdefault(spec, []).append(run.result)
             phase = fit_phases("rtimer", run.trace.timer_passes)
             if phase is not None and interval is not None:
@@ -80,7 +85,7 @@ def kamailio_points(
             for rate, load in loads.items():
                 say(f"kamailio {spec}: {rate:g} re-INVITEs/s for {duration:g}s{tag}")
                 entry = kamailio_run(spec, parse_load(load), seed, settings,
-                                     idle_window=IDLE_WINDOW).result  # fmt: skip
+                                     idle_window=IDLE_WINDOW, driver="sipp").result  # fmt: skip
                 kam.setdefault((spec, rate), []).append(entry)
     return kam, kam_idle, phases
 
