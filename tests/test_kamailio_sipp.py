@@ -203,6 +203,32 @@ def test_cli_driver_sipp_with_poisson_arrivals_is_one_line_before_anything_start
     assert "arrival=poisson: SIPp starts calls at a constant rate only" in err
 
 
+def test_cli_kamailio_defaults_to_sipp_and_the_default_load_to_constant_arrivals():
+    from harness.cli import run as run_cmd
+
+    def suite(*argv: str):
+        args = cli.build_parser().parse_args(["run", *argv])
+        return run_cmd._suite_from_args(args).runs[0].load
+
+    assert suite("--target", "kamailio").arrival == "constant"  # SIPp can play it
+    assert suite("--target", "kamailio", "--driver", "python").arrival == "poisson"
+    assert suite("--target", "sim").arrival == "poisson"  # the default suite, as written
+    assert target.KamailioTarget().driver == "sipp"
+
+
+def test_cli_kamailio_with_a_poisson_load_names_arrival_constant_in_one_line(
+    capsys, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("DEFERBENCH_SIPP", sys.executable)  # "installed", never run
+    monkeypatch.setattr(target, "KamailioProcess", _must_not_start)
+    err = _one_line_error(
+        capsys,
+        ["run", "--target", "kamailio", "--strategy", "inline",  # no --driver: sipp
+         "--load", "reinvite:rate=5/s,duration=1s", "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert "use arrival=constant" in err
+
+
 def test_cli_driver_sipp_without_sipp_is_one_line(capsys, monkeypatch):
     monkeypatch.setenv("DEFERBENCH_SIPP", "/nonexistent/sipp")
     err = _one_line_error(
