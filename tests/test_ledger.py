@@ -317,3 +317,30 @@ def test_retired_transactions_count_as_kept_ones_and_a_late_stale_still_counts()
     assert streamed.retired_stale(streamed.retired_stale(entry)) != entry
     assert streamed.close() == kept.close()
     assert only(streamed.close()) == {"resumed": 1, "stale": 1, "timeout_408": 1}
+
+
+def test_a_stale_continue_after_its_deferral_retired_still_reaches_the_ledger():
+    from types import SimpleNamespace
+
+    from core.events import TxnId
+    from harness.measure.entry import DeferralTally
+
+    ledger = Ledger()
+    tally = DeferralTally(ledger, lambda name: "worker")
+    deferrals = []
+    for n, key in enumerate((K1, K2, K3)):
+        clean_transaction(ledger, key) if key != K3 else ledger.open(key)
+        d = SimpleNamespace(txn=TxnId(n, 100 + n), call_id=key[0], cseq=key[1],
+                            suspended_at=0.0, resumed_at=0.01, resumed_by="w", resumes=0,
+                            stale_continues=0, slot=-1)  # fmt: skip
+        tally.opened(d)
+        deferrals.append(d)
+    for d in deferrals:
+        tally.retired(d)  # K1, K2 retired by the ledger; K3 (no final yet) kept by key
+    assert len(ledger._entries) == 1
+    tally.stale(TxnId(1, 101))
+    tally.stale(TxnId(1, 101))  # a second one changes nothing more
+    tally.stale(TxnId(2, 102))
+    tally.stale(TxnId(9, 9))  # never deferred: ignored
+    assert only(ledger.close()) == {"resumed": 1, "stale": 2}
+    assert list(tally.delays()) == [0.01, 0.01, 0.01]

@@ -114,10 +114,12 @@ class DeferralTally:
     It is the sink a sim server streams to (`core.runtime.server.DeferralSink`): `opened`
     gives a suspension its place, `retired` accounts it when its transaction is freed (and
     retires its ledger entry too), and `stale` reports a continue that comes after that.
-    For that last case it keeps, under a packed id, the ledger's value of the retired
-    entry (a small int), or its key if the ledger kept the entry. `role_of` maps a process
-    name to its role. Records handed to `add` without a place (a strategy that records
-    without suspending, other targets) follow in the order given.
+    For that last case it keeps each retired transaction's packed id with the ledger's
+    value of its entry in two arrays (9 bytes a deferral; a stale continue is rare, so it
+    is looked up by a scan), or its key in a dict if the ledger kept the entry (no final
+    yet, or a 408). `role_of` maps a process name to its role. Records handed to `add`
+    without a place (a strategy that records without suspending, other targets) follow in
+    the order given.
     """
 
     def __init__(self, ledger: Ledger, role_of: Callable[[str], str] | None = None) -> None:
@@ -125,7 +127,9 @@ class DeferralTally:
         self._role_of = role_of
         self._delays = array("d")
         self.resumed_by: Counter[str] = Counter()
-        self._retired: dict[int, Key | int] = {}
+        self._retired_ids = array("Q")  # packed txn ids of retired ledger entries...
+        self._retired_entries = array("B")  # ...and the ledger's value of each
+        self._kept: dict[int, Key] = {}  # packed txn id -> key of an entry the ledger kept
 
     def opened(self, deferral: Any) -> None:
         deferral.slot = len(self._delays)
@@ -138,15 +142,23 @@ class DeferralTally:
         key = self._account(deferral, role)
         txn = deferral.txn
         entry = self.ledger.retire(key)
-        self._retired[txn.index << 32 | txn.label] = key if entry is None else entry
+        if entry is None:
+            self._kept[txn.index << 32 | txn.label] = key
+        else:
+            self._retired_ids.append(txn.index << 32 | txn.label)
+            self._retired_entries.append(entry)
 
     def stale(self, txn: Any) -> None:
         packed = txn.index << 32 | txn.label
-        retired = self._retired.get(packed)
-        if type(retired) is int:
-            self._retired[packed] = self.ledger.retired_stale(retired)
-        elif retired is not None:
-            self.ledger.stale(retired)
+        key = self._kept.get(packed)
+        if key is not None:
+            self.ledger.stale(key)
+            return
+        try:
+            i = self._retired_ids.index(packed)
+        except ValueError:
+            return  # never deferred here (a strategy's own record, another target)
+        self._retired_entries[i] = self.ledger.retired_stale(self._retired_entries[i])
 
     def add(self, record: DeferralRecord) -> None:
         """A record accounted at the end (a target that keeps them, a live record)."""
