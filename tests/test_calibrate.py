@@ -427,3 +427,13 @@ def test_median_figures_give_the_spread_of_the_repeats():
     assert figs["spread"]["delay_p50_ms"] == pytest.approx(1.0)
     assert figs["spread"]["cpu_us_per_reinvite"] == pytest.approx(20.0)
     assert cal.median_figures(runs[:1], [idle], 1, 100.0)["spread"] == {}
+
+
+def test_calibrate_refuses_fit_rates_it_does_not_run_in_one_line():
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "calibrate", "--rates", "50,200",
+         "--fit-rates", "300", "--capacity-rates", "none"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--fit-rates 300 not in" in proc.stderr
