@@ -28,6 +28,12 @@ class UsageError(Exception):
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line naming the problem (no usage dump)."""
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]) -> object:
+        # Python 3.11 hands an option whose value is "--" an empty list instead of an error
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            self.error(f"argument {'/'.join(action.option_strings)}: expected one argument")
+        return super()._get_values(action, arg_strings)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
