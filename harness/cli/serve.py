@@ -41,7 +41,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=20_000,
         metavar="N",
-        help="live transactions above which new requests are answered 503 (default 20000)",
+        help="live transactions from which every new request is answered 503 (default 20000)",
+    )
+    p_serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        metavar="N",
+        help="datagrams waiting (OS buffer + workers' queue + strategy backlog) from which "
+        "new dialogs are answered 503 with Retry-After (default 64)",
+    )
+    p_serve.add_argument(
+        "--max-rss",
+        type=float,
+        default=1024,
+        metavar="MB",
+        help="resident memory from which new dialogs are answered 503 while the "
+        "transactions live then still live (default 1024)",
     )
     p_serve.add_argument(
         "--max-message",
@@ -55,6 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd(args: argparse.Namespace) -> int:
+    from harness.targets.live.admission import AdmissionLimits
     from harness.targets.live.serve import ServeOptions, serve
     from harness.targets.live.udp import parse_address
 
@@ -71,7 +88,11 @@ def cmd(args: argparse.Namespace) -> int:
             settings=settings,
             interval=interval,
             report=Path(args.report) if args.report else None,
-            max_transactions=args.max_transactions,
+            limits=AdmissionLimits(
+                max_transactions=args.max_transactions,
+                max_queue=args.max_queue,
+                max_rss_mb=args.max_rss,
+            ),
             max_message=args.max_message,
         )
     except ValueError as exc:  # SpecError is a ValueError too: one line either way

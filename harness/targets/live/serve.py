@@ -22,18 +22,23 @@ Hostile input and overload, each counted in the summary, the proxy serving on:
 - Max-Forwards 0: 483 Too Many Hops (§16.3 step 3); a loop through this proxy ends there;
   unknown methods are relayed like any non-INVITE (§16.1: a proxy need not understand them);
   responses matching no transaction are dropped (§16.7), except late 2xx to INVITE;
-- overload: the UDP queue the SIP workers read is bounded (drops counted as
-  `udp_receive_buffer_drops`, plus the OS's own `os receive drops`), and above
-  `max_transactions` live transactions every new request is answered 503 Service
-  Unavailable statelessly, creating no transaction (`shed: 503 over transaction cap`, see
-  `LiveServer`). Memory is therefore bounded by the queue, the cap and the transaction
-  lifetimes. Deferral records are kept
-  for the report when `--report` is given (the harness's runs are bounded); without it,
-  records older than fr_timer + wait timer are dropped once counted.
+- overload (`harness.targets.live.admission`): new dialogs are answered 503 + Retry-After
+  statelessly, creating no transaction, while the queue depth (datagrams still in the OS
+  receive buffer and the workers' UDP queue, plus the strategy's backlog) is at
+  `--max-queue` or more, or while RSS is above `--max-rss` and the transactions live
+  then still live; requests inside a dialog are served, so admitted calls finish; above
+  `--max-transactions` every new request is shed. Each 503 is counted by cause (`shed503=`
+  in the summary, `shed: 503 ...` in the report); datagrams the queues dropped are counted
+  too (`udp_receive_buffer_drops`, the OS's `os receive drops`).
+
+Memory stays bounded under any load: by the admission limits, the transaction lifetimes,
+and deferral records that are not kept: each is counted (and, with `--report`, appended
+to a spool file beside the report) when its transaction is freed (`DeferralSink`); the
+report is written from the spool at exit.
 
 Signals: SIGINT/SIGTERM print a final summary, write the report and exit 0; SIGUSR1 takes a
 snapshot (time, process CPU, CPU and wake-ups per role, the queue depth arriving datagrams
-found since the previous one)
+found since the previous one, RSS, 503s sent so far)
 that the harness uses to bound its idle and load windows.
 
 What this module must not do: compute a percentile or a ledger (the harness does, with
@@ -48,19 +53,20 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TextIO
 
 import anyio
 
-from core.events import Address
+from core.events import Address, TxnId
 from core.runtime.costs import CostProfile
 from core.runtime.kernel import Kernel
-from core.runtime.server import Server, ServerSettings
+from core.runtime.server import Deferral, ServerSettings
 from core.sip import SipMessage, SipParseError, SipRequest, make_response, parse_message
 from harness.measure.entry import DeferralRecord
+from harness.targets.live.admission import AdmissionLimits, LiveServer, StatmRss
 from harness.targets.live.udp import UdpSocket
 from strategies import parse_spec
 
@@ -69,10 +75,7 @@ LIVE_COSTS = CostProfile(**{f.name: 0.0 for f in fields(CostProfile)})
 sleeps overshoot by themselves."""
 
 BACKENDS = ("trio", "asyncio")
-DEFAULT_MAX_TRANSACTIONS = 20_000
 DEFAULT_MAX_MESSAGE = 16_384
-SHED_TAG = b"deferbench-shed-503"
-RECORD_RETENTION_MARGIN = 10.0  # s beyond fr_timer + wait timer before a record may go
 REPORT_SCHEMA = "deferbench.serve/1"
 
 
@@ -86,7 +89,7 @@ class ServeOptions:
     settings: ServerSettings = field(default_factory=ServerSettings)
     interval: float = 1.0  # seconds between summary lines (0: none)
     report: Path | None = None
-    max_transactions: int = DEFAULT_MAX_TRANSACTIONS
+    limits: AdmissionLimits = field(default_factory=AdmissionLimits)
     max_message: int = DEFAULT_MAX_MESSAGE
     ready: Callable[[Address], None] | None = None  # called once the socket listens
 
@@ -95,61 +98,8 @@ class ServeOptions:
             raise ValueError(f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
         if self.interval < 0:
             raise ValueError(f"interval must be >= 0 s, got {self.interval}")
-        if self.max_transactions < 1:
-            raise ValueError(f"max transactions must be >= 1, got {self.max_transactions}")
         if not 512 <= self.max_message <= 65_535:
             raise ValueError(f"max message must be in 512..65535 octets, got {self.max_message}")
-
-
-class LiveServer(Server):
-    """The modelled server plus the live target's admission control.
-
-    Above `max_transactions` live transactions a new request is answered 503 Service
-    Unavailable *statelessly* (as `sl_send_reply("503")` before `t_newtran()` would be in
-    kamailio.cfg): no transaction is created, so shedding itself cannot grow memory. The
-    ACK for such a 503 is recognised by its To tag and absorbed. Shedding happens on
-    arrival, before the UDP queue; a retransmission of an existing transaction that
-    arrives while over the cap is shed too (its UAC then sees the 503 first).
-    """
-
-    max_transactions = DEFAULT_MAX_TRANSACTIONS
-
-    def receive(self, data: bytes | SipMessage, source: Address) -> None:
-        if isinstance(data, bytes):
-            # Transactions that exist plus those that may come out of the queued datagrams.
-            live = self.proxy.stats()["transactions_live"] + len(self.sip_socket)
-            if live >= self.max_transactions and self._shed(data, source):
-                return
-            if SHED_TAG in data and self._absorb_shed_ack(data):
-                return
-        Server.receive(self, data, source)
-
-    def _shed(self, data: bytes, source: Address) -> bool:
-        try:
-            message = parse_message(data)
-        except SipParseError:
-            return False  # the proxy core answers or drops it as usual
-        if not isinstance(message, SipRequest) or message.method in ("ACK", "CANCEL"):
-            return False
-        via = message.top_via
-        if via is None:
-            return False
-        response = make_response(message, 503, "Service Unavailable", SHED_TAG.decode())
-        port = source[1] if via.rport is not None else via.port or 5060
-        self.transport(response, (source[0], port))
-        self.count("shed: 503 over transaction cap")
-        return True
-
-    def _absorb_shed_ack(self, data: bytes) -> bool:
-        try:
-            message = parse_message(data)
-        except SipParseError:
-            return False
-        is_ack = isinstance(message, SipRequest) and message.method == "ACK"
-        if is_ack and message.to_tag == SHED_TAG.decode():
-            self.count("shed: ACK of a 503 absorbed")
-            return True
-        return False
 
 
 class LiveProxy:
@@ -162,12 +112,19 @@ class LiveProxy:
         self.kernel = Kernel(live=True)
         self.socket = UdpSocket(*options.listen)
         settings = replace(options.settings, address=self.socket.address)
-        self.server = LiveServer(self.kernel, self.strategy, settings, LIVE_COSTS, self._send)
-        self.server.max_transactions = options.max_transactions
+        self.rss = StatmRss()
+        self.server = LiveServer(
+            self.kernel, self.strategy, settings, LIVE_COSTS, self._send,
+            limits=options.limits, os_queued_bytes=self.socket.queued_bytes, rss_mb=self.rss,
+        )  # fmt: skip
+        self.server.deferral_sink = self  # records counted (and spooled) as they retire
         self.counters: Counter[str] = Counter()
         self.snapshots: list[dict[str, Any]] = []
-        self.retired: list[DeferralRecord] = []  # records moved out of server.deferrals
         self._retired_count = Counter[str]()
+        self._role_of = {process.name: process.role for process in self.server.processes}
+        self._spool: TextIO | None = None
+        if options.report is not None:
+            self._spool = open(_spool_path(options.report), "w", encoding="utf-8")  # noqa: SIM115
         self._depth_max = 0
         self._depth_sum = 0
         self._depth_n = 0
@@ -246,7 +203,10 @@ class LiveProxy:
                     async for signum in received:
                         if signum == signal.SIGUSR1:
                             snap = self.snapshot(f"usr1-{len(self.snapshots)}")
-                            self._say(f"deferbench serve: snapshot {snap['label']} t={snap['t']}")
+                            self._say(
+                                f"deferbench serve: snapshot {snap['label']} t={snap['t']} "
+                                f"shed503={snap['shed_503']} rss={snap['rss_mb']:.0f}MB"
+                            )
                             continue
                         break
                     tasks.cancel_scope.cancel()
@@ -259,6 +219,10 @@ class LiveProxy:
         self._say("deferbench serve: final " + self.summary_line(final=True))
         if self.options.report is not None:
             self.write_report(self.options.report)
+        if self._spool is not None:
+            self._spool.close()
+            _spool_path(self.options.report).unlink(missing_ok=True)  # type: ignore[arg-type]
+        self.rss.close()
         self.socket.close()
 
     def _say(self, line: str) -> None:
@@ -268,7 +232,7 @@ class LiveProxy:
 
     def _sample(self) -> None:
         """Queue depth as an arriving datagram finds it (no timer: idle stays idle)."""
-        depth = len(self.server.sip_socket) + self.strategy.backlog(self.server)
+        depth = self.server.queue_depth()
         if depth > self._depth_max:
             self._depth_max = depth
         self._depth_sum += depth
@@ -276,8 +240,6 @@ class LiveProxy:
 
     def _interval(self) -> None:
         self._say("deferbench serve: " + self.summary_line())
-        if self.options.report is None:
-            self._retire_old_records()
         self.kernel.call_later(self.options.interval, self._interval)
 
     def totals(self) -> Counter[str]:
@@ -311,22 +273,29 @@ class LiveProxy:
             f"total deferred={totals['deferred']} resumed={totals['resumed']} "
             f"timed_out={totals['timed_out']} pending={totals['pending']} "
             f"live_txn={proxy['transactions_live']} dropped={dropped} "
-            f"shed503={counters['shed: 503 over transaction cap']} "
+            f"shed503={self.server.shed_total()} rss={self.rss():.0f}MB "
             f"discarded={discarded} answered_malformed={proxy.get('malformed_answered', 0)} "
             f"too_many_hops={proxy.get('too_many_hops', 0)} oversize={hostile} "
             f"cpu={(cpu - cpu_then) / span:.1%}"
         )
 
-    def _retire_old_records(self) -> None:
-        horizon = self.kernel.now - (
-            self.server.settings.fr_timer + self.server.proxy.config.wt_timer
-        )
-        horizon -= RECORD_RETENTION_MARGIN
-        deferrals = self.server.deferrals
-        for txn in [t for t, d in deferrals.items() if d.suspended_at < horizon]:
-            deferral = deferrals.pop(txn)
-            self._retired_count[deferral.outcome] += 1
-            self._retired_count["deferred"] += 1
+    # ------------------------------------------------------------------ DeferralSink
+
+    def opened(self, deferral: Deferral) -> None:
+        """A suspension: its record stays in `server.deferrals` while its transaction lives."""
+
+    def retired(self, deferral: Deferral) -> None:
+        """Its transaction is freed: counted, spooled for the report, forgotten."""
+        self._retired_count[deferral.outcome] += 1
+        self._retired_count["deferred"] += 1
+        if self._spool is not None:
+            self._refresh_roles()
+            record = DeferralRecord.of(deferral, self._role_of)
+            self._spool.write(json.dumps(record.to_json()) + "\n")
+
+    def stale(self, txn: TxnId) -> None:
+        """A continue after the record was retired (and written): counted only."""
+        self.counters["stale continues after the record was written"] += 1
 
     def snapshot(self, label: str) -> dict[str, Any]:
         """CPU and wake-ups per role now, and the queue depth since the previous snapshot."""
@@ -343,14 +312,16 @@ class LiveProxy:
             "wakeups_by_role": dict(wakeups),
             "queue_depth_max": self._depth_max if self._depth_n else None,
             "queue_depth_mean": self._depth_sum / self._depth_n if self._depth_n else None,
+            "rss_mb": self.rss(),
+            "shed_503": self.server.shed_total(),
         }
         self._depth_max = self._depth_sum = self._depth_n = 0
         self.snapshots.append(snap)
         return snap
 
-    def report(self) -> dict[str, Any]:
-        """Everything the harness needs to build a result entry, JSON-ready."""
-        role_of = {process.name: process.role for process in self.server.processes}
+    def report(self, *, with_records: bool = True) -> dict[str, Any]:
+        """Everything the harness needs to build a result entry, JSON-ready (the deferral
+        records read back from the spool unless `with_records` is False)."""
         counters = dict(self.server.counters)
         for name, value in self.counters.items():
             counters[f"live: {name}"] = value
@@ -359,25 +330,51 @@ class LiveProxy:
         os_drops = self.socket.os_drops()
         if os_drops is not None:
             counters["udp: os receive drops"] = os_drops
+        records = [json.loads(line) for line in self._records()] if with_records else []
         return {
             "schema": REPORT_SCHEMA,
             "strategy": self.strategy.spec,
             "backend": self.options.backend,
             "listen": list(self.address),
+            "limits": asdict(self.options.limits),
             "snapshots": self.snapshots,
-            "deferrals": [
-                DeferralRecord.of(d, role_of).to_json() for d in self.server.deferrals.values()
-            ],
-            "retired_deferrals": dict(self._retired_count),
             "counters": counters,
             "proxy": self.server.proxy.stats(),
+            "deferrals": records,
         }
 
+    def _records(self) -> Iterator[str]:
+        """Every deferral record as a JSON text: those spooled, then those still live."""
+        if self._spool is not None and self.options.report is not None:
+            self._spool.flush()
+            with open(_spool_path(self.options.report), encoding="utf-8") as spooled:
+                for line in spooled:
+                    yield line.rstrip("\n")
+        self._refresh_roles()
+        for deferral in self.server.deferrals.values():
+            yield json.dumps(DeferralRecord.of(deferral, self._role_of).to_json())
+
     def write_report(self, path: Path) -> None:
+        """The report, its records streamed from the spool (never all in memory at once)."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.report()), encoding="utf-8")
+        head = json.dumps(self.report(with_records=False))
+        assert head.endswith('"deferrals": []}')
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(head[: -len("[]}")] + "[")
+            for i, record in enumerate(self._records()):
+                out.write(("," if i else "") + record)
+            out.write("]}")
         tmp.replace(path)
+
+    def _refresh_roles(self) -> None:
+        """Processes forked since (task workers start on first use) get their role."""
+        if len(self._role_of) != len(self.server.processes):
+            self._role_of = {p.name: p.role for p in self.server.processes}
+
+
+def _spool_path(report: Path) -> Path:
+    return Path(report).with_name(Path(report).name + ".deferrals.jsonl")
 
 
 LIVE_GC_THRESHOLDS = (20_000, 50, 100)

@@ -9,7 +9,9 @@ until it is readable (`receive_loop`), or the owner of an event loop calls `drai
 for: the datagram is dropped and counted, as a UDP sender may.
 
 Drops the process cannot see (datagrams the OS discarded because the receive buffer was
-full) are read from /proc/net/udp (`os_drops`), so overload is accounted for, not hidden.
+full) are read from /proc/net/udp (`os_drops`), so overload is accounted for, not hidden;
+the bytes waiting in the receive buffer (`queued_bytes`, one getsockopt) tell the live
+proxy how far behind it is.
 
 What this module must not do: parse SIP, read a clock, or block the event loop.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import sys
 from collections import Counter
 from collections.abc import Callable
 
@@ -27,6 +30,7 @@ import anyio.lowlevel
 
 from core.events import Address
 
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux >= 4.6: sk_meminfo, u32 each
 RECEIVE_SIZE = 65_536  # larger than any UDP payload: a datagram is never truncated
 BATCH = 64  # datagrams drained per readiness before letting other tasks in
 
@@ -59,6 +63,7 @@ class UdpSocket:
         bound = self.sock.getsockname()
         self.address: Address = (bound[0], bound[1])
         self.counters: Counter[str] = Counter()
+        self._meminfo = True  # False once SO_MEMINFO proved missing
 
     def send(self, data: bytes, destination: Address) -> bool:
         """sendto() now; False (counted) if the OS refused it (full buffer, no route)."""
@@ -108,6 +113,17 @@ class UdpSocket:
             if received:
                 counters["received"] += received
         return True
+
+    def queued_bytes(self) -> int:
+        """Bytes of datagrams waiting in the receive buffer (0 where SO_MEMINFO is missing)."""
+        if self._meminfo is False:
+            return 0
+        try:
+            rmem_alloc = self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4)
+            return int.from_bytes(rmem_alloc, sys.byteorder)
+        except OSError:
+            self._meminfo = False
+            return 0
 
     def os_drops(self) -> int | None:
         """Datagrams the OS dropped for this socket (full receive buffer); None if unknown."""
