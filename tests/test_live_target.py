@@ -91,3 +91,15 @@ def test_cli_refuses_costs_on_the_live_target(tmp_path, capsys):
     status = main(["run", "--target", "live", "--strategy", "inline", "--costs", str(costs)])
     assert status == 2
     assert "--costs" in capsys.readouterr().err
+
+
+def test_shed_calls_are_visible_in_the_live_entry():
+    """With a cap of one transaction the first call holds it for its wait timer: every later
+    call's INVITE is answered 503, and the entry counts them on both sides."""
+    run = live_run("inline", LOAD, 3, SETTINGS, "trio", idle_window=0.2,
+                   serve_args=("--max-transactions", "1"))  # fmt: skip
+    counters = run.result["counters"]
+    refused = counters["harness: uac: calls refused 503"]
+    assert refused >= 9  # calls 2..10 at least (call 1 found nothing live)
+    assert counters["shed: 503 over transaction cap"] >= refused
+    assert counters["calls unfinished"] == 0

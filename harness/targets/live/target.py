@@ -21,8 +21,12 @@ Figures (computed by `harness.measure.entry`, as for every target):
   proxy is one Python thread; `--cores` has no effect on it), and per role the thread CPU
   of its process steps; CPU outside any step is role `unattributed`. `idle_share` from the
   idle window before the load. per_txn_us: process CPU per re-INVITE sent in the window;
-- queue depth: the proxy's UDP queue plus the strategy's backlog as each arriving datagram
-  finds it (no sampling timer, which would cost the idle proxy CPU).
+- queue depth: datagrams in the OS receive buffer and the proxy's UDP queue plus the
+  strategy's backlog as each arriving datagram finds it (no sampling timer, which would
+  cost the idle proxy CPU);
+- load shed by serve's admission control: its `shed: 503 ...` counters (by cause), the
+  calls whose INVITE the UAC saw refused 503 (`harness: uac: calls refused 503`) and the
+  re-INVITEs answered 503 (the ledger's `error_5xx`).
 `sim_txn_per_wall_s` is null (not a simulation).
 
 What this module must not do: compute a percentile, an outcome or a CPU share itself, or
@@ -350,6 +354,7 @@ async def drive(
             **{f"uas socket: {k}": v for k, v in uas_socket.counters.items()},
             **{f"uac host: {k}": v for k, v in uac_host.counters.items()},
             **{f"uas host: {k}": v for k, v in uas_host.counters.items()},
+            "uac: calls refused 503": sum(1 for call in uac.calls if call.invite_status == 503),
         }
 
 
