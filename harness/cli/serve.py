@@ -46,10 +46,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p_serve.add_argument(
         "--max-queue",
         type=int,
-        default=64,
+        default=256,
         metavar="N",
         help="datagrams waiting (OS buffer + workers' queue + strategy backlog) from which "
-        "new dialogs are answered 503 with Retry-After (default 64)",
+        "new dialogs are answered 503 with Retry-After (default 256)",
     )
     p_serve.add_argument(
         "--max-rss",

@@ -15,8 +15,8 @@ re-INVITEs per call, the scenarios and the runner of `harness.targets.kamailio.s
 Everything is started here and stopped by PID with bounded waits, also on Ctrl-C or
 SIGTERM (`run_stoppable` cancels the run, every `finally` stops what it started).
 
-Run: `python -m tests.benchmarks.overload` from the project root (about 3 minutes);
-`--short` for a quick look (about 40 s); `--help` for durations, rates and serve options.
+Run: `python -m tests.benchmarks.overload` from the project root (about 4 minutes);
+`--short` for a quick look (about 1 minute); `--help` for durations, rates and serve options.
 
 What this module must not do: leave a process or a directory behind, or touch anything
 but loopback.

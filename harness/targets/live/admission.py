@@ -39,10 +39,11 @@ from core.runtime.server import Server
 from core.sip import SipMessage, SipParseError, SipRequest, make_response, parse_message
 
 DEFAULT_MAX_TRANSACTIONS = 20_000
-DEFAULT_MAX_QUEUE = 64
-"""Datagrams waiting before new dialogs are shed: about 3 ms of the proxy's work, and
-two thirds of what a default-sized (212,992-byte) loopback receive buffer holds, so that
-new work is refused before the OS drops datagrams of calls already admitted."""
+DEFAULT_MAX_QUEUE = 256
+"""Datagrams waiting before new dialogs are shed: about 12 ms of the proxy's work, room
+for the bursts of a load at capacity, and little over half of what serve's receive
+buffer holds (`LIVE_RCVBUF`), so that new work is refused before the OS drops datagrams of
+calls already admitted."""
 DEFAULT_MAX_RSS_MB = 1024
 RETRY_AFTER = 2
 """Seconds a shed client should wait (Retry-After): a queue drains in milliseconds, but
