@@ -186,8 +186,8 @@ def _one_line_error(capsys, argv: list[str]) -> str:
 
 
 def test_cli_driver_sipp_with_another_target_is_one_line(capsys):
-    err = _one_line_error(capsys, ["run", "--target", "sim", "--driver", "sipp", "--quiet"])
-    assert "--driver sipp: the kamailio target only (not sim)" in err
+    err = _one_line_error(capsys, ["run", "--target", "live", "--driver", "sipp", "--quiet"])
+    assert "--driver sipp: the kamailio and sim targets only (not live)" in err
 
 
 def test_cli_driver_sipp_with_poisson_arrivals_is_one_line_before_anything_starts(

@@ -347,3 +347,37 @@ def test_the_speed_yardstick_makes_every_sleep_resume_it_counts() -> None:
     from tests.benchmarks.sim_speed import YARDSTICK_STEPS, yardstick
 
     assert yardstick(64) == 64 * YARDSTICK_STEPS
+
+
+def test_the_sipp_driver_ends_each_pause_late_by_the_profiles_draw_and_python_on_time() -> None:
+    from core.runtime.costs import CostProfile
+
+    late = CostProfile(driver_pause_late=4000.0, driver_pause_late_jitter=1000.0)  # 3–5 ms
+    load = parse_load("reinvite:rate=5/s,duration=2s,reinvites=4,gap=20ms,arrival=constant")
+
+    def answered_to_next_sent_ms(driver: str | None) -> list[float]:
+        run = simulate("inline", load, 1, SETTINGS, late, keep_records=True, driver=driver)
+        by_call: dict[int, list] = {}
+        for timing in run.uac.timings.values():
+            by_call.setdefault(timing.call, []).append(timing)
+        gaps = []
+        for timings in by_call.values():
+            timings.sort(key=lambda t: t.cseq)
+            gaps += [(b.sent - a.final_at) * 1e3 for a, b in zip(timings, timings[1:])]
+        return gaps
+
+    on_time, sipp = answered_to_next_sent_ms(None), answered_to_next_sent_ms("sipp")
+    assert len(on_time) == len(sipp) == 10 * 3  # 10 calls, 3 gaps between 4 re-INVITEs
+    assert on_time == pytest.approx([20.0] * len(on_time))  # the ACK goes at the 200
+    assert all(23.0 <= g <= 25.0 for g in sipp)
+    assert max(sipp) - min(sipp) > 1.0  # drawn, not one fixed lateness
+    # seeded: the same seed draws the same lateness
+    assert sipp == answered_to_next_sent_ms("sipp")
+
+
+def test_the_sim_takes_driver_sipp_and_names_it_in_the_result() -> None:
+    from harness import targets
+
+    target = targets.build("sim", targets.TargetOptions(driver="sipp"))
+    assert target.driver == "sipp" and target.facts()["driver"] == "sipp"
+    assert targets.build("sim", targets.TargetOptions(driver="python")).facts()["driver"] is None

@@ -21,6 +21,12 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
   show none), common to every process woken meanwhile (`core.runtime.process.Stalls`);
   `calibrate` fits the mixture to the single-wake-up delays of `blocking-sleep` and
   `async-task` (p50 and p99).
+- `driver_pause_late`, `driver_pause_late_jitter`: not CPU but the load generator's timing,
+  used only when the sim stands in for a SIPp-driven run (`--driver sipp`): SIPp ends a
+  `<pause milliseconds="20"/>` 2–7 ms late on this box, which spreads the arrival phase of
+  re-INVITEs over a 10 ms timer period (on time, each call meets the timers at one phase);
+  drawn uniformly from late ± jitter. `calibrate` measures them from SIPp's own send and
+  answer times.
 - request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
   share of the call's other messages (≈ 7 messages in and out): ≈ 40 µs per request
   received and routed, 30 µs per response.
@@ -68,6 +74,8 @@ class CostProfile:
     wakeup_tail: float = 0.0  # mean stall of the cores under traffic (a delayed wake-up's mean)
     wakeup_tail_share: float = 0.0  # share of the time stalled (of wake-ups delayed), ≤ 0.95
     wakeup_tail_common: float = 1.0  # share of wake-ups that meet the stalls common to all
+    driver_pause_late: float = 0.0  # SIPp driver: how late a scenario <pause> ends (mean)
+    driver_pause_late_jitter: float = 0.0  # ... drawn uniformly from late ± jitter
 
     def seconds(self, name: str) -> float:
         return getattr(self, name) * 1e-6

@@ -60,12 +60,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p_run.add_argument(
         "--driver",
         choices=["python", "sipp"],
-        help="who plays the UAC and UAS (kamailio target only): sipp (default), SIPp, "
+        help="who plays the UAC and UAS. kamailio target: sipp (default), SIPp, "
         "arrival=constant and whole-ms gaps only (without --load the default load runs with "
         "arrival=constant; a --load with another arrival is refused in one line); python, "
         "the harness's own UAC/UAS, any arrival, but it tops out near 1,000 re-INVITEs/s on "
         "two cores and competes with Kamailio for them (Kamailio's own delay p99 at 1,000/s: "
-        "514 ms with it, ~15 ms with SIPp)",
+        "514 ms with it, ~15 ms with SIPp). sim target: sipp models SIPp's timing (its pauses "
+        "end as late as the cost profile's driver_pause_late ± jitter, measured by calibrate); "
+        "python (default) pauses on time",
     )
     p_run.add_argument(
         "--strategy",

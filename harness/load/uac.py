@@ -14,7 +14,8 @@ Choices where the issue and the RFC leave room (all deliberate, all documented h
   and the UAS as Request-URI; the route set is the reversed Record-Route of the 2xx and
   in-dialog requests (ACK, re-INVITE, BYE) go to the UAS Contact along it. Without an
   outbound proxy (tests) the UAC sends straight to the Request-URI.
-- Timing: a re-INVITE (or the BYE) is sent `gap` after the ACK that precedes it; for a
+- Timing: a re-INVITE (or the BYE) is sent `gap` after the ACK that precedes it (plus
+  `pause_late()` when given: how late SIPp's pauses end, for a sim standing in for it); for a
   re-INVITE that got a non-2xx final, that ACK is the transaction's own hop-by-hop ACK, sent
   when the final arrived. The *intended* send time of a re-INVITE is that ACK's time + gap
   and end-to-end latency is measured from it; the intended time of a call's INVITE is its
@@ -42,6 +43,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,6 +189,7 @@ class Uac(Endpoint):
         observer: ReinviteObserver | None = None,
         timers: TimerSettings | None = None,
         keep_timings: bool = False,
+        pause_late: Callable[[], float] | None = None,
     ) -> None:
         if reinvites < 0:
             raise ValueError(f"reinvites must be >= 0, got {reinvites}")
@@ -196,6 +199,9 @@ class Uac(Endpoint):
         self.target = target
         self.reinvites = reinvites
         self.gap = gap
+        # how late each pause after an ACK ends, in s (a stand-in for SIPp's timing): drawn
+        # once per pause; None: on time
+        self.pause_late = pause_late
         self.outbound_proxy = outbound_proxy
         self.observer = observer if observer is not None else NO_OBSERVER
         self.settings = timers or TimerSettings()
@@ -450,7 +456,8 @@ class Uac(Endpoint):
     def _pause(self, call: _Call, now: float) -> list[Send]:
         """The ACK before the next request went out now: the next request is `gap` later."""
         if self.gap > 0:
-            self._heap.schedule(now + self.gap, call, "next")
+            late = self.pause_late
+            self._heap.schedule(now + self.gap + (late() if late else 0.0), call, "next")
             return []
         return self._next_step(call, now)
 

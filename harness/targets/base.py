@@ -56,7 +56,8 @@ class TargetOptions:
 
 def refuse(target: str, options: TargetOptions, *allowed: str) -> None:
     """One-line error for an option `target` does not take: the real targets charge no
-    modelled costs, only the live proxy has a backend, only Kamailio a load driver."""
+    modelled costs, only the live proxy has a backend, only Kamailio a load driver (the sim
+    models SIPp's timing)."""
     if options.costs_named and "costs" not in allowed:
         raise TargetError(
             f"--costs: the {target} target does real work and charges no modelled costs"
@@ -64,7 +65,9 @@ def refuse(target: str, options: TargetOptions, *allowed: str) -> None:
     if options.backend is not None and "backend" not in allowed:
         raise TargetError(f"--backend {options.backend}: the live target only (not {target})")
     if options.driver not in (None, "python") and "driver" not in allowed:
-        raise TargetError(f"--driver {options.driver}: the kamailio target only (not {target})")
+        raise TargetError(
+            f"--driver {options.driver}: the kamailio and sim targets only (not {target})"
+        )
 
 
 DRIVER_MAX_REINVITES_PER_S = {"python": 1_500, "sipp": 6_000}

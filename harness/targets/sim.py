@@ -29,7 +29,9 @@ This module must not compute percentiles, outcomes or CPU shares itself
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -111,13 +113,16 @@ class SimTarget:
     network: Link | None = None  # every direction (None: the default link)
     measure_idle: bool = True
     wire: Wire = "objects"
+    driver: str | None = None  # "sipp": the UAC pauses as late as SIPp (`sipp_pause_late`)
     name: ClassVar[str] = TARGET
     real_clock: ClassVar[bool] = False
 
     @classmethod
     def from_options(cls, options: TargetOptions) -> SimTarget:
-        refuse(TARGET, options, "costs")
-        return cls(options.costs or CostProfile(), options.costs_source, options.network)
+        refuse(TARGET, options, "costs", "driver")
+        driver = "sipp" if options.driver == "sipp" else None
+        return cls(options.costs or CostProfile(), options.costs_source, options.network,
+                   driver=driver)  # fmt: skip
 
     def check(self, load: LoadSpec, seed: int) -> None:
         """The sim plays any load."""
@@ -128,8 +133,8 @@ class SimTarget:
         """Drive `load` through `strategy` on virtual time; one result-schema entry. A load
         with rate 0 is the idle case: no calls, CPU and wake-ups of the idle server."""
         links = Links(self.network, self.network, self.network, self.network)
-        return simulate(strategy, load, seed, settings, self.costs, links=links,
-                        wire=self.wire, measure_idle=self.measure_idle).result  # fmt: skip
+        return simulate(strategy, load, seed, settings, self.costs, links=links, wire=self.wire,
+                        measure_idle=self.measure_idle, driver=self.driver).result  # fmt: skip
 
     def idle(
         self, strategy: str, duration: float, seed: int, settings: ServerSettings | None = None
@@ -139,7 +144,21 @@ class SimTarget:
 
     def facts(self) -> dict[str, Any]:
         network = self.network.describe() if self.network is not None else None
-        return {"backend": None, "network": network, "costs": self.costs_source, "driver": None}
+        return {"backend": None, "network": network, "costs": self.costs_source,
+                "driver": self.driver}  # fmt: skip
+
+
+def sipp_pause_late(costs: CostProfile, seed: int) -> Callable[[], float]:
+    """How late each of SIPp's pauses ends (s): uniform in `driver_pause_late` ±
+    `driver_pause_late_jitter`, from a generator of its own (seeded from `seed`), so the
+    model's other draws stay those of the same seed without it. SIPp's timing is the one
+    part of the driver modelled: on time, each call's re-INVITEs would meet a timer of a
+    period near the gap at one fixed phase, where SIPp's spread it over the period."""
+    draw = random.Random(f"sipp-pause-{seed}").uniform
+    late = costs.seconds("driver_pause_late")
+    jitter = costs.seconds("driver_pause_late_jitter")
+    low, high = max(0.0, late - jitter), late + jitter
+    return lambda: draw(low, high)
 
 
 def idle_load(duration: float) -> LoadSpec:
@@ -160,6 +179,7 @@ def simulate(
     wire: Wire = "objects",
     measure_idle: bool = True,
     keep_records: bool = False,
+    driver: str | None = None,
 ) -> SimRun:
     """`SimTarget.run`, keeping the server, ledger, endpoints and network for inspection.
 
@@ -173,7 +193,7 @@ def simulate(
     links = links or Links()
     with sim_gc():  # the result is built from the run's live objects: no collector either
         return _simulate(strategy_spec, strategy, load, seed, settings, costs, links, wire,
-                         measure_idle, keep_records)  # fmt: skip
+                         measure_idle, keep_records, driver)  # fmt: skip
 
 
 def _simulate(
@@ -187,9 +207,10 @@ def _simulate(
     wire: Wire,
     measure_idle: bool,
     keep_records: bool,
+    driver: str | None = None,
 ) -> SimRun:
     started = time.perf_counter()
-    run = _run_loaded(strategy, load, seed, settings, costs, links, wire, keep_records)
+    run = _run_loaded(strategy, load, seed, settings, costs, links, wire, keep_records, driver)
     loaded_wall = time.perf_counter() - started
     idle: _Window | None = None
     if load.rate <= 0:
@@ -214,6 +235,7 @@ def _run_loaded(
     links: Links,
     wire: Wire,
     keep_records: bool = False,
+    driver: str | None = None,
 ) -> SimRun:
     plans = schedule(load, seed) if load.rate > 0 else []
     duration = load.duration
@@ -245,6 +267,7 @@ def _run_loaded(
             outbound_proxy=proxy,
             observer=ledger,
             keep_timings=keep_records,
+            pause_late=sipp_pause_late(costs, seed) if driver == "sipp" else None,
         )
         uas = Uas(UAS, race_code=load.race_code, observer=ledger)
         uac_host = SimHost(kernel, network, UAC, uac)
