@@ -5,6 +5,8 @@ Loads are small (a few virtual seconds) so each run takes well under a second of
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 import strategies
@@ -363,7 +365,7 @@ def test_the_sipp_driver_ends_each_pause_late_by_the_profiles_draw_and_python_on
         gaps = []
         for timings in by_call.values():
             timings.sort(key=lambda t: t.cseq)
-            gaps += [(b.sent - a.final_at) * 1e3 for a, b in zip(timings, timings[1:])]
+            gaps += [(b.sent - a.final_at) * 1e3 for a, b in itertools.pairwise(timings)]
         return gaps
 
     on_time, sipp = answered_to_next_sent_ms(None), answered_to_next_sent_ms("sipp")
