@@ -309,15 +309,23 @@ def _idle(wakeups: float) -> dict:
     }  # fmt: skip
 
 
-def _fake_sides(monkeypatch, kamailio: dict) -> None:
+def _lateness(rate: float, held_out_scale: float = 1.0) -> list[float]:
+    """50 SIPp pause latenesses, 2.0–6.9 ms (× `held_out_scale` at the held-out 200/s)."""
+    scale = held_out_scale if rate == 200.0 else 1.0
+    return [(0.002 + 0.0001 * i) * scale for i in range(50)]
+
+
+def _fake_sides(monkeypatch, kamailio: dict, late_scale: float = 1.0) -> None:
     """calibrate's runs replaced: Kamailio's entries from `kamailio` ((spec, rate) -> list
-    of (per_txn µs, p50, p99) per repeat), the sim's fixed (any profile)."""
+    of (per_txn µs, p50, p99) per repeat) and SIPp's pause lateness (`_lateness`), the
+    sim's fixed (any profile)."""
     from harness.analysis.calibrate import pipeline
 
     def kamailio_points(specs, loads, duration, seed, settings, repeat, say):
         kam = {(s, r): [_entry(s, r, *f) for f in kamailio[s.partition(":")[0], r]] for s in specs
                for r in loads}  # fmt: skip
-        return kam, {s: [_idle(20.0)] * repeat for s in specs}, []
+        late = {r: _lateness(r, late_scale) for r in loads}
+        return kam, {s: [_idle(20.0)] * repeat for s in specs}, [], late
 
     def sim_points(specs, loads, duration, seed, settings, costs, label, executor, say):
         sim = {(s, r): [_entry(s, r, 400.0 if s == "inline" else 450.0, 10.2, 10.6)]
@@ -339,10 +347,10 @@ def _kamailio_figures(held_out_scale: float = 1.0, fit_scale: float = 1.0) -> di
     return out
 
 
-def _calibrate(monkeypatch, kamailio: dict, **kwargs) -> cal.Calibration:
+def _calibrate(monkeypatch, kamailio: dict, late_scale: float = 1.0, **kwargs) -> cal.Calibration:
     from core.runtime.server import ServerSettings
 
-    _fake_sides(monkeypatch, kamailio)
+    _fake_sides(monkeypatch, kamailio, late_scale)
     return cal.calibrate(list(SPECS), list(RATES), 3.0, 1, ServerSettings(cores=2),
                          CostProfile(), repeat=3, **kwargs)  # fmt: skip
 
@@ -357,7 +365,7 @@ def test_fit_rates_default_to_the_lowest_and_highest_and_must_be_run():
 def test_fits_ignore_the_held_out_runs(monkeypatch):
     # 200/s is held out (fit on 50 and 1000): triple its Kamailio figures, nothing moves
     base = _calibrate(monkeypatch, _kamailio_figures())
-    moved = _calibrate(monkeypatch, _kamailio_figures(held_out_scale=3.0))
+    moved = _calibrate(monkeypatch, _kamailio_figures(held_out_scale=3.0), late_scale=3.0)
     assert base.fit_rates == moved.fit_rates == [50.0, 1000.0]
     assert base.fitted != CostProfile()  # message costs, suspend/continue, the tail fitted
     assert moved.fitted == base.fitted and moved.notes == base.notes
@@ -437,3 +445,31 @@ def test_calibrate_refuses_fit_rates_it_does_not_run_in_one_line():
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--fit-rates 300 not in" in proc.stderr
+
+
+def test_sipp_pause_lateness_is_read_from_sipps_own_times_per_call():
+    from harness.analysis.calibrate import pause_lateness
+    from harness.targets.kamailio.sipp import SippReinvite
+
+    sent = [
+        SippReinvite("a", 2, 0, 1_000, 200), SippReinvite("a", 3, 24_500, 25_500, 200),
+        SippReinvite("a", 4, 49_000, None, None),  # unanswered: starts no pair
+        SippReinvite("b", 3, 30_000, 31_000, 200), SippReinvite("b", 2, 5_000, 6_000, 200),
+    ]  # fmt: skip
+    assert pause_lateness(sent, 0.020) == pytest.approx([0.0035, 0.0035, 0.004])
+
+
+def test_pause_lateness_fits_a_uniform_of_the_same_median_and_interquartile_range():
+    uniform = [0.002 + 0.005 * i / 999 for i in range(1000)]  # 2–7 ms
+    late, jitter = cal.fit_pause_late(uniform)
+    assert late == pytest.approx(4500, abs=10) and jitter == pytest.approx(2500, abs=30)
+    # a skewed sample keeps its median, not the middle of its range
+    skewed = [0.001] * 100 + [0.005 + 0.001 * i / 899 for i in range(900)]
+    assert cal.fit_pause_late(skewed)[0] == pytest.approx(5000 + 444, abs=20)
+    assert cal.fit_pause_late(uniform[:19]) is None  # too few to say
+
+
+def test_the_fit_takes_sipps_pause_lateness_at_the_fit_rates(monkeypatch):
+    result = _calibrate(monkeypatch, _kamailio_figures())
+    assert result.fitted.driver_pause_late == pytest.approx(4450, abs=60)  # 2.0–6.9 ms: 4.45
+    assert any(note.startswith("driver_pause_late = ") for note in result.notes)

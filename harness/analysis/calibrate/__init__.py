@@ -23,9 +23,13 @@ what the measurements determine simply:
   spends above `inline` at the same rate, not yet explained by the sim, is charged to them
   (`fit_deferral`).
 - the wake-up tail (stalls of the cores under traffic) from the p50/p99 delay excess of
-  the single-wake-up strategies over the sim (`fit_wakeup_tail`), and the share of it
-  common to all processes from mqueue-rtimer's p50, whose phases it bunches or not
-  (`fit_common_stalls`: that p50 is then fitted, not predicted).
+  the single-wake-up strategies over the sim (`fit_wakeup_tail`); the share of it common to
+  all processes is the starting profile's, not fitted.
+- how late SIPp ends a `<pause>`, from SIPp's own send and answer times
+  (`pause_lateness`, `fit_pause_late`): the sim stands in for SIPp with it (`--driver
+  sipp`), so re-INVITEs meet the timers at the phases SIPp gives them. mqueue-rtimer's delay
+  is then predicted from measured quantities (the rtimer phases, ε, the pauses), not fitted
+  to its p50.
 - capacity from a ladder of rates, SIPp driving Kamailio (`capacity_ladder`).
 
 It then re-runs the sim with the fitted profile and judges each figure against the
@@ -54,7 +58,6 @@ to the executor.
 """
 
 from harness.analysis.calibrate.fit import (
-    COMMON_GRID,
     DEFERRAL_COSTS,
     MESSAGE_COSTS,
     OVERSHOOT_ROLES,
@@ -62,9 +65,9 @@ from harness.analysis.calibrate.fit import (
     TIMER_COSTS,
     PhaseFit,
     TimerFit,
-    fit_common_stalls,
     fit_deferral,
     fit_from_runs,
+    fit_pause_late,
     fit_phases,
     fit_rates_of,
     fit_scale,
@@ -105,13 +108,13 @@ from harness.analysis.calibrate.runs import (
     capacity_ladder,
     capacity_load,
     load_for,
+    pause_lateness,
 )
 
 __all__ = [
     "BOUND_MS",
     "CALL_SHAPE",
     "CAPACITY_SHAPE",
-    "COMMON_GRID",
     "DEFERRAL_COSTS",
     "E2E_BOUND_MS",
     "FIT",
@@ -138,9 +141,9 @@ __all__ = [
     "capacity_load",
     "core_share",
     "figures",
-    "fit_common_stalls",
     "fit_deferral",
     "fit_from_runs",
+    "fit_pause_late",
     "fit_phases",
     "fit_rates_of",
     "fit_scale",
@@ -151,6 +154,7 @@ __all__ = [
     "load_for",
     "marginal_us",
     "median_figures",
+    "pause_lateness",
     "profile_toml",
     "summary",
     "table",

@@ -3,8 +3,8 @@
 Timer passes and the sleep overshoot ε from the idle timer roles (`fit_timer`) and traced
 rtimer phases (`fit_phases`); message costs and t_suspend + t_continue from marginal CPU per
 re-INVITE (`fit_scale`, `fit_deferral`); the wake-up tail from delay excesses
-(`fit_wakeup_tail`) and its common share from mqueue-rtimer's p50 (`fit_common_stalls`);
-all of them gathered into one profile (`fitted_profile`, `fit_from_runs`).
+(`fit_wakeup_tail`); how late SIPp ends its pauses (`fit_pause_late`); all of them gathered
+into one profile (`fitted_profile`, `fit_from_runs`).
 
 Arithmetic on figures and result entries only: it must not run a target (the runs module
 does), judge, format or write anything (the report module does), and it imports neither.
@@ -266,46 +266,18 @@ def fitted_profile(
     return base.with_values(**values), notes
 
 
-COMMON_GRID = (0.0, 0.5, 0.75, 0.85, 0.9, 0.95, 1.0)
-"""Candidate shares of wake-ups meeting the common stalls (`fit_common_stalls`)."""
-COMMON_STALLS_NOT_FITTED = "wakeup_tail_common = 1 (not fitted: mqueue-rtimer was not run)"
+def fit_pause_late(lateness: Sequence[float]) -> tuple[float, float] | None:
+    """(late µs, jitter µs): how late SIPp ended its pauses (s; `runs.pause_lateness`) as a
+    uniform draw with the same median and interquartile range (a uniform's IQR is its
+    half-width, as for ε), robust to the few pairs SIPp served very late or early; None
+    without at least 20 pauses."""
+    if len(lateness) < 20:
+        return None
+    q1, median, q3 = statistics.quantiles(lateness, n=4)
+    return max(0.0, median) * 1e6, (q3 - q1) * 1e6
 
 
-def common_stalls_strategy(specs: Sequence[str]) -> str | None:
-    """The run strategy whose delay p50 tells the share of common stalls (mqueue-rtimer)."""
-    return next((s for s in specs if strategies.parse_spec(s).name == "mqueue-rtimer"), None)
-
-
-def fit_common_stalls(
-    spec: str,
-    sim_p50s: Sequence[Sequence[float | None]],
-    kamailio_p50s: Sequence[float | None],
-    profile: CostProfile,
-) -> tuple[CostProfile, str]:
-    """`wakeup_tail_common`: how much of the wake-up tail is common to all processes.
-
-    Nothing measured on its own tells it, but the rtimer pool shows it: independent tails
-    drift the 12 phases apart (the delay until the next pass shrinks), common ones keep
-    them bunched. The grid value whose sim gives mqueue-rtimer's delay p50 closest to
-    Kamailio's over the rates (sum of absolute differences) is taken: that p50 is then
-    fitted, not predicted. Without mqueue-rtimer, 1.0 (all common) is kept
-    (`COMMON_STALLS_NOT_FITTED`).
-
-    `sim_p50s`: per value of `COMMON_GRID`, the sim's delay p50 of `spec` at each rate;
-    `kamailio_p50s`: Kamailio's at the same rates.
-    """
-    best, best_error = 1.0, math.inf
-    for common, p50s in zip(COMMON_GRID, sim_p50s, strict=True):
-        error = sum(abs(s - k) for s, k in zip(p50s, kamailio_p50s, strict=True)
-                    if s is not None and k is not None)  # fmt: skip
-        if error < best_error:
-            best, best_error = common, error
-    note = (
-        f"wakeup_tail_common = {best:g}: of {', '.join(f'{c:g}' for c in COMMON_GRID)}, the "
-        f"share whose sim gives {spec.partition(':')[0]} delay p50 closest to Kamailio's "
-        f"(Σ|Δp50| = {best_error:.2f} ms over {len(kamailio_p50s)} rates): that p50 is fitted"
-    )
-    return profile.with_values(wakeup_tail_common=best), note
+PAUSE_LATE_NOT_FITTED = "driver_pause_late not fitted: fewer than 20 SIPp pauses at the fit rates"
 
 
 Figures = Mapping[tuple[str, float], Mapping[str, Any]]

@@ -15,22 +15,19 @@ import strategies
 from core.runtime.costs import CostProfile
 from core.runtime.server import ServerSettings
 from harness.analysis.calibrate.fit import (
-    COMMON_GRID,
-    COMMON_STALLS_NOT_FITTED,
-    Figures,
-    common_stalls_strategy,
-    fit_common_stalls,
+    PAUSE_LATE_NOT_FITTED,
     fit_from_runs,
+    fit_pause_late,
     fit_rates_of,
 )
 from harness.analysis.calibrate.report import Calibration, judged_points, point_figures
 from harness.analysis.calibrate.runs import (
+    Lateness,
     Progress,
     Runs,
     capacities,
     capacity_ladder,
     capacity_why,
-    common_stall_p50s,
     kamailio_points,
     load_for,
     sim_points,
@@ -65,17 +62,16 @@ def calibrate(
     rates = sorted(rates)
     fitting = fit_rates_of(rates, fit_rates)  # ValueError before anything runs
     loads = {rate: load_for(rate, duration).spec for rate in rates}
-    kam, kam_idle, phases = kamailio_points(specs, loads, duration, seed, settings, repeat, say)
+    kam, kam_idle, phases, late = kamailio_points(specs, loads, duration, seed, settings,
+                                                  repeat, say)  # fmt: skip
     sim_idle, sim = sim_points(specs, loads, duration, seed, settings, base, "starting",
                                executor, say)  # fmt: skip
     cores = settings.cores
     kam_figs, sim_figs = point_figures(kam, kam_idle, 1), point_figures(sim, sim_idle, cores)
     fitted, notes, fits = fit_from_runs(specs, fitting, kam_idle, kam_figs, sim_figs, base,
                                         phases)  # fmt: skip
-    if fitted.wakeup_tail > 0:
-        fitted, note = _fit_common_stalls(specs, fitting, kam_figs, duration, seed, settings,
-                                          fitted, executor, say)  # fmt: skip
-        notes.append(note)
+    fitted, note = _with_pause_late(fitted, late, fitting)
+    notes.append(note)
     fit_idle, fit = sim_points(specs, loads, duration, seed, settings, fitted, "fitted",
                                executor, say)  # fmt: skip
 
@@ -97,20 +93,20 @@ def calibrate(
     return result
 
 
-def _fit_common_stalls(
-    specs: Sequence[str], rates: Sequence[float], kam_figs: Figures, duration: float,
-    seed: int, settings: ServerSettings, profile: CostProfile, executor: Executor | None,
-    say: Progress,
-) -> tuple[CostProfile, str]:  # fmt: skip
-    """`profile` with `wakeup_tail_common` fitted (`fit_common_stalls`) from sim runs of
-    mqueue-rtimer over `COMMON_GRID`, and how; unchanged if mqueue-rtimer was not run."""
-    spec = common_stalls_strategy(specs)
-    if spec is None:
-        return profile, COMMON_STALLS_NOT_FITTED
-    p50s = common_stall_p50s(spec, rates, COMMON_GRID, duration, seed, settings, profile,
-                             executor, say)  # fmt: skip
-    target = [kam_figs[spec, r]["delay_p50_ms"] for r in rates]
-    return fit_common_stalls(spec, p50s, target, profile)
+def _with_pause_late(
+    profile: CostProfile, late: Lateness, rates: Sequence[float]
+) -> tuple[CostProfile, str]:
+    """`profile` with how late SIPp ends its pauses (`fit_pause_late`), from Kamailio's runs
+    at the fit `rates` only, and how; unchanged when too few pauses were seen."""
+    samples = [x for rate in rates for x in late.get(rate, [])]
+    fit = fit_pause_late(samples)
+    if fit is None:
+        return profile, PAUSE_LATE_NOT_FITTED
+    mean, jitter = fit
+    note = (f"driver_pause_late = {mean:.0f} ± {jitter:.0f} µs: how late SIPp's UAC ended "
+            f"a 20 ms pause, median ± interquartile range of {len(samples)} pauses (its own "
+            "clock: a 200's arrival to the next re-INVITE's send)")  # fmt: skip
+    return profile.with_values(driver_pause_late=mean, driver_pause_late_jitter=jitter), note
 
 
 def _capacities(

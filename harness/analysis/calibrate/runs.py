@@ -1,8 +1,9 @@
 """Calibration, the runs: the same seeded loads on Kamailio and on the sim.
 
-Kamailio's side (`kamailio_points`: idle and loaded runs, with traced rtimer phases), the
-sim's with a given profile (`sim_points`, `common_stall_p50s`), and the capacity ladder
-(`capacity_ladder`, `capacities`, `capacity_failure`).
+Kamailio's side (`kamailio_points`: idle and loaded runs, with traced rtimer phases and
+how late SIPp ended its pauses), the sim's with a given profile (`sim_points`; the sim
+stands in for SIPp too: `--driver sipp`), and the capacity ladder (`capacity_ladder`,
+`capacities`, `capacity_failure`).
 
 It runs Kamailio one job at a time (it measures real CPU); only sim runs go to the
 executor. It must not fit costs (beyond reading traced phases with `fit_phases`) nor judge
@@ -15,7 +16,8 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import replace
-from typing import Any
+from itertools import pairwise
+from typing import TYPE_CHECKING, Any
 
 import strategies
 from core.runtime.costs import CostProfile
@@ -24,6 +26,9 @@ from harness.analysis.calibrate.fit import PhaseFit, fit_phases, timer_interval
 from harness.analysis.sweep import SweepPoint, capacity
 from harness.load.network import Link, parse_link
 from harness.load.spec import LoadSpec, parse_load
+
+if TYPE_CHECKING:
+    from harness.targets.kamailio.sipp import SippReinvite
 
 CALL_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=20ms,arrival=constant"
 """The calibration points' call shape: 10 re-INVITEs per call, each 20 ms after the previous
@@ -39,6 +44,8 @@ Progress = Callable[[str], None]
 
 Runs = dict[tuple[str, float], list[dict[str, Any]]]
 """(strategy spec, re-INVITE rate) -> one result entry per repeat."""
+Lateness = dict[float, list[float]]
+"""re-INVITE rate -> how late SIPp ended each pause in Kamailio's runs there (s)."""
 
 
 CAPACITY_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=1ms,arrival=constant"
@@ -61,16 +68,18 @@ def load_for(rate: float, duration: float) -> LoadSpec:
 def kamailio_points(
     specs: Sequence[str], loads: Mapping[float, str], duration: float, seed: int,
     settings: ServerSettings, repeat: int, say: Progress,
-) -> tuple[Runs, dict[str, list[dict[str, Any]]], list[tuple[PhaseFit, float]]]:  # fmt: skip
+) -> tuple[Runs, dict[str, list[dict[str, Any]]], list[tuple[PhaseFit, float]],
+           Lateness]:  # fmt: skip
     """Kamailio's side, one run at a time (real CPU), SIPp driving every run (the idle ones
     start no call): per strategy and repeat an idle run (with its traced timer phases) and
-    a run at every rate."""
+    a run at every rate (with how late SIPp ended each pause, `pause_lateness`)."""
     from harness.targets.kamailio.target import kamailio_run
     from harness.targets.sim import idle_load
 
     kam: Runs = {}
     kam_idle: dict[str, list[dict[str, Any]]] = {}
     phases: list[tuple[PhaseFit, float]] = []
+    late: Lateness = {}
     for spec in specs:
         interval = timer_interval("rtimer", strategies.parse_spec(spec).values)
         for n in range(repeat):
@@ -84,10 +93,28 @@ def kamailio_points(
                 phases.append((phase, interval))
             for rate, load in loads.items():
                 say(f"kamailio {spec}: {rate:g} re-INVITEs/s for {duration:g}s{tag}")
-                entry = kamailio_run(spec, parse_load(load), seed, settings,
-                                     idle_window=IDLE_WINDOW, driver="sipp").result  # fmt: skip
-                kam.setdefault((spec, rate), []).append(entry)
-    return kam, kam_idle, phases
+                run = kamailio_run(spec, parse_load(load), seed, settings,
+                                   idle_window=IDLE_WINDOW, driver="sipp")  # fmt: skip
+                kam.setdefault((spec, rate), []).append(run.result)
+                if run.sipp is not None:
+                    gap = parse_load(load).gap
+                    late.setdefault(rate, []).extend(pause_lateness(run.sipp.reinvites, gap))
+    return kam, kam_idle, phases, late
+
+
+def pause_lateness(reinvites: Sequence[SippReinvite], gap: float) -> list[float]:
+    """How late SIPp's UAC ended each pause (s): per call, a re-INVITE's 200 to the next
+    re-INVITE's send, less `gap` (the ACK goes out with the 200; SIPp's own clock both
+    times, so no clock of Kamailio's enters it). Unanswered re-INVITEs start no pair."""
+    by_call: dict[str, list[SippReinvite]] = {}
+    for reinvite in reinvites:
+        by_call.setdefault(reinvite.call_id, []).append(reinvite)
+    late = []
+    for sent in by_call.values():
+        sent.sort(key=lambda r: r.cseq)
+        late += [(b.sent_us - a.final_us) / 1e6 - gap for a, b in pairwise(sent)
+                 if a.status == 200 and a.final_us is not None]  # fmt: skip
+    return late
 
 
 def sim_points(
@@ -107,20 +134,6 @@ def sim_points(
     return idle, loaded
 
 
-def common_stall_p50s(
-    spec: str, rates: Sequence[float], grid: Sequence[float], duration: float, seed: int,
-    settings: ServerSettings, profile: CostProfile, executor: Executor | None, say: Progress,
-) -> list[list[float | None]]:  # fmt: skip
-    """The sim's delay p50 of `spec` at each rate, per candidate `wakeup_tail_common` of
-    `grid` (the rest of the profile as given): what `fit_common_stalls` chooses from."""
-    loads = [load_for(rate, duration).spec for rate in rates]
-    say(f"sim: wakeup_tail_common over {len(grid)} values × {len(rates)} rates")
-    jobs = [(spec, load) for _ in grid for load in loads]
-    costs = [profile.with_values(wakeup_tail_common=c) for c in grid for _ in loads]
-    entries = iter(_sims_each(jobs, duration, seed, settings, costs, executor))
-    return [[next(entries)["delay_ms"]["p50"] for _ in rates] for _ in grid]
-
-
 def _sim_entry(
     spec: str, load: str | None, duration: float, seed: int, settings: ServerSettings,
     costs: CostProfile, link: Link,
@@ -130,7 +143,8 @@ def _sim_entry(
 
     if load is None:
         return SimTarget(costs).idle(spec, duration, seed, settings)
-    return SimTarget(costs, network=link).run(spec, parse_load(load), seed, settings)
+    target = SimTarget(costs, network=link, driver="sipp")  # SIPp drives Kamailio's run
+    return target.run(spec, parse_load(load), seed, settings)
 
 
 def _sims(
