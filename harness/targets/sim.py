@@ -152,8 +152,8 @@ def sipp_pause_late(costs: CostProfile, seed: int) -> Callable[[], float]:
     """How late each of SIPp's pauses ends (s): uniform in `driver_pause_late` ±
     `driver_pause_late_jitter`, from a generator of its own (seeded from `seed`), so the
     model's other draws stay those of the same seed without it. SIPp's timing is the one
-    part of the driver modelled: on time, each call's re-INVITEs would meet a timer of a
-    period near the gap at one fixed phase, where SIPp's spread it over the period."""
+    part of the driver modelled: on time, each call's re-INVITEs would meet a timer whose
+    period divides the gap at one fixed phase; SIPp's late pauses spread them over it."""
     draw = random.Random(f"sipp-pause-{seed}").uniform
     late = costs.seconds("driver_pause_late")
     jitter = costs.seconds("driver_pause_late_jitter")
