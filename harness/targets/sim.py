@@ -207,7 +207,7 @@ def _simulate(
     wire: Wire,
     measure_idle: bool,
     keep_records: bool,
-    driver: str | None = None,
+    driver: str | None,
 ) -> SimRun:
     started = time.perf_counter()
     run = _run_loaded(strategy, load, seed, settings, costs, links, wire, keep_records, driver)
@@ -234,8 +234,8 @@ def _run_loaded(
     costs: CostProfile,
     links: Links,
     wire: Wire,
-    keep_records: bool = False,
-    driver: str | None = None,
+    keep_records: bool,
+    driver: str | None,
 ) -> SimRun:
     plans = schedule(load, seed) if load.rate > 0 else []
     duration = load.duration

@@ -104,8 +104,9 @@ def _with_pause_late(
         return profile, PAUSE_LATE_NOT_FITTED
     mean, jitter = fit
     note = (f"driver_pause_late = {mean:.0f} ± {jitter:.0f} µs: how late SIPp's UAC ended "
-            f"a 20 ms pause, median ± interquartile range of {len(samples)} pauses (its own "
-            "clock: a 200's arrival to the next re-INVITE's send)")  # fmt: skip
+            f"its pause after an ACK, median ± interquartile range of {len(samples)} pauses "
+            "(its own clock: a 200's arrival to the next re-INVITE's send, less the "
+            "gap)")  # fmt: skip
     return profile.with_values(driver_pause_late=mean, driver_pause_late_jitter=jitter), note
 
 

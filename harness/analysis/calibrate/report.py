@@ -223,9 +223,8 @@ KNOWN_DELAY_CAUSES = {
     "mqueue-rtimer": "the delay follows where the 12 rtimer phases fall, random per run: "
     "Kamailio's from its forks, the sim's from one seeded draw with the fitted fork gaps; a "
     "re-INVITE meets them at the phase SIPp's late pauses give it; near the pool's pop-one "
-    "capacity (12 / period, the "
-    "continuation runs inside the timer) the queue grows, so p50 and p99 follow how close "
-    "each side is to it",
+    "capacity (12 / period, the continuation runs inside the timer) the queue grows, so p50 "
+    "and p99 follow how close each side is to it",
 }
 """Causes found by inspection, named when a delay figure of that strategy misses."""
 

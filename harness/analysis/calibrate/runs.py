@@ -93,12 +93,14 @@ def kamailio_points(
                 phases.append((phase, interval))
             for rate, load in loads.items():
                 say(f"kamailio {spec}: {rate:g} re-INVITEs/s for {duration:g}s{tag}")
-                run = kamailio_run(spec, parse_load(load), seed, settings,
-                                   idle_window=IDLE_WINDOW, driver="sipp")  # fmt: skip
+                spec_load = parse_load(load)
+                run = kamailio_run(spec, spec_load, seed, settings, idle_window=IDLE_WINDOW,
+                                   driver="sipp")  # fmt: skip
                 kam.setdefault((spec, rate), []).append(run.result)
                 if run.sipp is not None:
-                    gap = parse_load(load).gap
-                    late.setdefault(rate, []).extend(pause_lateness(run.sipp.reinvites, gap))
+                    late.setdefault(rate, []).extend(
+                        pause_lateness(run.sipp.reinvites, spec_load.gap)
+                    )
     return kam, kam_idle, phases, late
 
 
@@ -151,17 +153,9 @@ def _sims(
     jobs: Sequence[tuple[str, str | None]], duration: float, seed: int,
     settings: ServerSettings, costs: CostProfile, executor: Executor | None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    return _sims_each(jobs, duration, seed, settings, [costs] * len(jobs), executor)
-
-
-def _sims_each(
-    jobs: Sequence[tuple[str, str | None]], duration: float, seed: int,
-    settings: ServerSettings, costs: Sequence[CostProfile], executor: Executor | None,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Sim runs, job i with profile `costs[i]`, in order (on `executor` if given)."""
+    """Sim runs with profile `costs`, in order (on `executor` if given)."""
     link = parse_link(LOOPBACK)
-    args = [(spec, load, duration, seed, settings, c, link)
-            for (spec, load), c in zip(jobs, costs, strict=True)]  # fmt: skip
+    args = [(spec, load, duration, seed, settings, costs, link) for spec, load in jobs]
     if executor is None:
         return [_sim_entry(*a) for a in args]
     return list(executor.map(_sim_entry, *zip(*args, strict=True)))
