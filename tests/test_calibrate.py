@@ -459,6 +459,24 @@ def test_sipp_pause_lateness_is_read_from_sipps_own_times_per_call():
     assert pause_lateness(sent, 0.020) == pytest.approx([0.0035, 0.0035, 0.004])
 
 
+def test_pause_lateness_adds_the_lag_from_sipps_stamp_to_kamailios_suspend():
+    """SIPp stamps a re-INVITE before its send; Kamailio's suspend shows when it really
+    left, less the run's quickest stamp-to-suspend (Kamailio's own path, modelled by the
+    sim). Pairs whose second re-INVITE Kamailio never suspended do not count."""
+    from harness.analysis.calibrate import pause_lateness
+    from harness.targets.kamailio.sipp import SippReinvite
+
+    sent = [
+        SippReinvite("a", 2, 0, 1_000, 200), SippReinvite("a", 3, 24_500, 25_500, 200),
+        SippReinvite("a", 4, 49_000, 50_000, 200),
+        SippReinvite("b", 2, 5_000, 6_000, 200), SippReinvite("b", 3, 30_000, 31_000, 200),
+    ]  # fmt: skip
+    suspended = {("a", 2): 300, ("a", 3): 25_700, ("b", 2): 5_300, ("b", 3): 31_300}
+    # lags 300, 1,200, 300, 1,300 µs: the floor is 300, so a3 left 900 and b3 1,000 µs late
+    assert pause_lateness(sent, 0.020, suspended) == pytest.approx([0.0044, 0.005])
+    assert pause_lateness(sent, 0.020, {}) == []  # inline: nothing suspended, nothing to say
+
+
 def test_pause_lateness_fits_a_uniform_of_the_same_median_and_interquartile_range():
     uniform = [0.002 + 0.005 * i / 999 for i in range(1000)]  # 2–7 ms
     late, jitter = cal.fit_pause_late(uniform)

@@ -89,6 +89,9 @@ def test_trace_pairs_suspend_and_resume_per_call_and_cseq_and_counts_duplicates(
     assert c2.resumed_at is None and c2.resumes == 0 and c2.resumed_by == ""
     assert trace.counters["trace: resumes without suspend"] == 1
     assert trace.counters["log: ERROR lines"] == 1
+    # suspend times on the wall clock SIPp stamps with, to the microsecond
+    assert trace.suspended_us() == {("c1", 2): 1_700_000_000_100_000,
+                                    ("c2", 2): 1_700_000_000_105_000}  # fmt: skip
 
 
 def test_psx_output_maps_every_process_to_a_role():

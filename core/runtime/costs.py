@@ -23,10 +23,11 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
   `async-task` (p50 and p99).
 - `driver_pause_late`, `driver_pause_late_jitter`: not CPU but the load generator's timing,
   used only when the sim stands in for a SIPp-driven run (`--driver sipp`): SIPp ends a
-  `<pause milliseconds="20"/>` about 2–6 ms late on this box (median 3.8 ms over 68,040
-  pauses), which spreads the arrival phase of re-INVITEs over a 10 ms timer period (on
-  time, each call meets the timers at one phase); drawn uniformly from late ± jitter.
-  `calibrate` measures them from SIPp's own send and answer times.
+  `<pause milliseconds="20"/>` about 2–7 ms late on this box, and its re-INVITE mostly
+  leaves about 1 ms after the stamp SIPp logs for it; together a median near 4.8 ms. That
+  spreads the arrival phase of re-INVITEs over a 10 ms timer period (on time, each call
+  meets the timers at one phase); drawn uniformly from late ± jitter. `calibrate`
+  measures them from SIPp's answer and send stamps and Kamailio's suspend times.
 - request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
   share of the call's other messages (≈ 7 messages in and out): ≈ 40 µs per request
   received and routed, 30 µs per response.

@@ -105,8 +105,9 @@ def _with_pause_late(
     mean, jitter = fit
     note = (f"driver_pause_late = {mean:.0f} ± {jitter:.0f} µs: how late SIPp's UAC ended "
             f"its pause after an ACK, median ± interquartile range of {len(samples)} pauses "
-            "(its own clock: a 200's arrival to the next re-INVITE's send, less the "
-            "gap)")  # fmt: skip
+            "(a 200's arrival at SIPp to the next re-INVITE's send stamp, less the gap, "
+            "plus how much later than its quickest the re-INVITE reached Kamailio's "
+            "suspend: SIPp stamps before it sends)")  # fmt: skip
     return profile.with_values(driver_pause_late=mean, driver_pause_late_jitter=jitter), note
 
 

@@ -98,24 +98,53 @@ def kamailio_points(
                                    driver="sipp")  # fmt: skip
                 kam.setdefault((spec, rate), []).append(run.result)
                 if run.sipp is not None:
+                    suspended = run.trace.suspended_us()
                     late.setdefault(rate, []).extend(
-                        pause_lateness(run.sipp.reinvites, spec_load.gap)
+                        pause_lateness(run.sipp.reinvites, spec_load.gap, suspended)
                     )
     return kam, kam_idle, phases, late
 
 
-def pause_lateness(reinvites: Sequence[SippReinvite], gap: float) -> list[float]:
+def pause_lateness(
+    reinvites: Sequence[SippReinvite],
+    gap: float,
+    suspended_us: Mapping[tuple[str, int], int] | None = None,
+) -> list[float]:
     """How late SIPp's UAC ended each pause (s): per call, a re-INVITE's 200 to the next
-    re-INVITE's send, less `gap` (the ACK goes out with the 200; SIPp's own clock both
-    times, so no clock of Kamailio's enters it). Unanswered re-INVITEs start no pair."""
+    re-INVITE's send, less `gap` (the ACK goes out with the 200). Unanswered re-INVITEs
+    start no pair.
+
+    SIPp stamps a re-INVITE just before its `<send>` (a stamp after it makes SIPp 3.6 drop
+    the 200), and most re-INVITEs leave about a millisecond after that stamp. With
+    Kamailio's suspend times (`suspended_us`, the same wall clock) the lag is added: each
+    re-INVITE's stamp-to-suspend time less the run's quickest (its 5th percentile), which is
+    Kamailio's own inbound path (wire, a worker's wake-up, parsing, the script up to the
+    suspend) that the sim models itself. Then only pairs whose second re-INVITE Kamailio
+    suspended count (inline suspends none).
+    """
+    lag_floor = None
+    if suspended_us is not None:
+        lags = sorted(suspended_us[key] - r.sent_us for r in reinvites
+                      if (key := (r.call_id, r.cseq)) in suspended_us)  # fmt: skip
+        if not lags:
+            return []
+        lag_floor = lags[len(lags) // 20]
     by_call: dict[str, list[SippReinvite]] = {}
     for reinvite in reinvites:
         by_call.setdefault(reinvite.call_id, []).append(reinvite)
     late = []
     for sent in by_call.values():
         sent.sort(key=lambda r: r.cseq)
-        late += [(b.sent_us - a.final_us) / 1e6 - gap for a, b in pairwise(sent)
-                 if a.status == 200 and a.final_us is not None]  # fmt: skip
+        for a, b in pairwise(sent):
+            if a.status != 200 or a.final_us is None:
+                continue
+            sent_us = b.sent_us
+            if lag_floor is not None:
+                suspended = suspended_us.get((b.call_id, b.cseq))  # type: ignore[union-attr]
+                if suspended is None:
+                    continue
+                sent_us += max(0, suspended - b.sent_us - lag_floor)
+            late.append((sent_us - a.final_us) / 1e6 - gap)
     return late
 
 

@@ -39,6 +39,13 @@ class Trace:
     records: list[DeferralRecord]
     counters: dict[str, int]
     timer_passes: dict[int, list[float]] = field(default_factory=dict)  # PID -> pass times
+    epoch: int = 0  # the whole wall-clock second that record times count from
+
+    def suspended_us(self) -> dict[tuple[str, int], int]:
+        """(Call-ID, CSeq) -> when Kamailio suspended it, wall-clock µs (the clock SIPp
+        stamps with), to set Kamailio's times beside the driver's."""
+        return {(r.call_id, r.cseq): self.epoch * 1_000_000 + round(r.suspended_at * 1e6)
+                for r in self.records}  # fmt: skip
 
 
 def parse_timer_passes(log: str) -> dict[int, list[float]]:
@@ -101,4 +108,4 @@ def parse_trace(log: str, role_by_pid: dict[int, str]) -> Trace:
     counters["trace: resumes without suspend"] = sum(len(v) for v in resumes.values())
     for level in ("ERROR", "WARNING", "CRITICAL", "ALERT"):
         counters[f"log: {level} lines"] = len(re.findall(rf"\) {level}:", log))
-    return Trace(records, dict(counters), parse_timer_passes(log))
+    return Trace(records, dict(counters), parse_timer_passes(log), base or 0)
