@@ -75,7 +75,9 @@ def test_fitted_profile_sets_only_what_was_fitted_and_clamps_negative_overshoot(
 
 
 def test_profile_toml_round_trips_through_costprofile_load(tmp_path):
-    profile = CostProfile().with_values(rtimer_pass=39.5, sleep_overshoot=250.0)
+    profile = CostProfile().with_values(
+        rtimer_pass=39.5, sleep_overshoot=250.0, driver_pause_late_quantiles=(0.0, 1.5, 4000.0)
+    )
     path = tmp_path / "profile.toml"
     path.write_text(cal.profile_toml(profile, ["a comment"]), encoding="utf-8")
     assert CostProfile.load(path) == profile
@@ -487,7 +489,40 @@ def test_pause_lateness_fits_a_uniform_of_the_same_median_and_interquartile_rang
     assert cal.fit_pause_late(uniform[:19]) is None  # too few to say
 
 
+def test_pause_lateness_quantiles_keep_the_measured_shape_without_its_outliers():
+    # two modes a millisecond apart (2 and 3 ms, 3:1) and one pause served 50 ms late
+    late = [0.002] * 600 + [0.003] * 199 + [0.050] + [-0.001]
+    q = cal.pause_late_quantiles(late)
+    assert len(q) == 41 and list(q) == sorted(q)  # every 2.5 %
+    assert q[0] == pytest.approx(2000) and q[-1] == pytest.approx(3000)  # ends at 0.5/99.5 %
+    assert q[len(q) // 2] == pytest.approx(2000) and q[-4] == pytest.approx(3000)
+    assert all(v >= 0 for v in cal.pause_late_quantiles([-0.001] * 30))  # never early
+    assert cal.pause_late_quantiles(late[:19]) == ()  # too few to say
+
+
 def test_the_fit_takes_sipps_pause_lateness_at_the_fit_rates(monkeypatch):
     result = _calibrate(monkeypatch, _kamailio_figures())
     assert result.fitted.driver_pause_late == pytest.approx(4450, abs=60)  # 2.0–6.9 ms: 4.45
+    quantiles = result.fitted.driver_pause_late_quantiles
+    assert quantiles[len(quantiles) // 2] == pytest.approx(4450, abs=60)
     assert any(note.startswith("driver_pause_late = ") for note in result.notes)
+
+
+@pytest.mark.parametrize(
+    "value, says",
+    [
+        ([3000, 1000], "ascending"),
+        ([1000], "at least 2"),
+        ([1000, -1], "numbers >= 0"),
+        ("1000", "list of numbers"),
+    ],
+)
+def test_a_bad_quantile_list_in_a_cost_profile_is_one_line_naming_the_key(tmp_path, value, says):
+    from core.runtime.costs import CostProfileError
+
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"driver_pause_late_quantiles": value}), encoding="utf-8")
+    with pytest.raises(CostProfileError) as err:
+        CostProfile.load(path)
+    assert "driver_pause_late_quantiles" in str(err.value) and says in str(err.value)
+    assert "\n" not in str(err.value)

@@ -351,6 +351,21 @@ def test_the_speed_yardstick_makes_every_sleep_resume_it_counts() -> None:
     assert yardstick(64) == 64 * YARDSTICK_STEPS
 
 
+def test_the_sipp_driver_draws_pause_lateness_from_the_profiles_quantiles() -> None:
+    from core.runtime.costs import CostProfile
+    from harness.targets.sim import sipp_pause_late
+
+    # half the mass between 1 and 2 ms, half between 2 and 6 ms: the median is 2 ms
+    costs = CostProfile(driver_pause_late=9000.0, driver_pause_late_quantiles=(1000, 2000, 6000))
+    draw = sipp_pause_late(costs, seed=3)
+    late = sorted(draw() for _ in range(4000))
+    assert late[0] >= 0.001 and late[-1] <= 0.006  # the quantiles win over late ± jitter
+    assert late[2000] == pytest.approx(0.002, abs=1e-4)
+    assert late[1000] == pytest.approx(0.0015, abs=1e-4)  # linear between neighbours
+    first, second = sipp_pause_late(costs, seed=3), sipp_pause_late(costs, seed=3)
+    assert [first() for _ in range(5)] == [second() for _ in range(5)]  # seeded
+
+
 def test_the_sipp_driver_ends_each_pause_late_by_the_profiles_draw_and_python_on_time() -> None:
     from core.runtime.costs import CostProfile
 

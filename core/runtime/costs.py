@@ -26,8 +26,11 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
   `<pause milliseconds="20"/>` about 2–7 ms late on this box, and its re-INVITE mostly
   leaves about 1 ms after the stamp SIPp logs for it; together a median near 4.8 ms. That
   spreads the arrival phase of re-INVITEs over a 10 ms timer period (on time, each call
-  meets the timers at one phase); drawn uniformly from late ± jitter. `calibrate`
-  measures them from SIPp's answer and send stamps and Kamailio's suspend times.
+  meets the timers at one phase). Drawn from `driver_pause_late_quantiles` when the
+  profile has them (the measured distribution: it has several modes a millisecond apart
+  and a low tail that decides how long the unluckiest re-INVITEs wait), else uniformly
+  from late ± jitter. `calibrate` measures them from SIPp's answer and send stamps and
+  Kamailio's suspend times.
 - request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
   share of the call's other messages (≈ 7 messages in and out): ≈ 40 µs per request
   received and routed, 30 µs per response.
@@ -38,6 +41,7 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass, fields, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +79,16 @@ class CostProfile:
     wakeup_tail: float = 0.0  # mean stall of the cores under traffic (a delayed wake-up's mean)
     wakeup_tail_share: float = 0.0  # share of the time stalled (of wake-ups delayed), ≤ 0.95
     wakeup_tail_common: float = 1.0  # share of wake-ups that meet the stalls common to all
-    driver_pause_late: float = 0.0  # SIPp driver: how late a scenario <pause> ends (mean)
+    driver_pause_late: float = 0.0  # SIPp driver: how late a scenario <pause> ends (median)
     driver_pause_late_jitter: float = 0.0  # ... drawn uniformly from late ± jitter
+    # ... or, when given, drawn from this measured distribution instead: its quantiles at
+    # equal steps of probability from 0 to 1, ascending (µs; at least 2)
+    driver_pause_late_quantiles: tuple[float, ...] = ()
 
     def seconds(self, name: str) -> float:
         return getattr(self, name) * 1e-6
 
-    def with_values(self, **values: float) -> CostProfile:
+    def with_values(self, **values: Any) -> CostProfile:
         return replace(self, **values)
 
     @classmethod
@@ -92,11 +99,14 @@ class CostProfile:
             raise CostProfileError(
                 f"{source}: unknown cost {', '.join(unknown)} (known: {', '.join(sorted(known))})"
             )
-        clean: dict[str, float] = {}
+        clean: dict[str, Any] = {}
         for key, value in data.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if key in DISTRIBUTIONS:
+                clean[key] = _quantiles(value, f"{source}: {key}")
+            elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise CostProfileError(f"{source}: {key} must be a number >= 0 (µs), got {value!r}")
-            clean[key] = float(value)
+            else:
+                clean[key] = float(value)
         return cls(**clean)
 
     @classmethod
@@ -117,6 +127,21 @@ class CostProfile:
         if not isinstance(table, dict):
             raise CostProfileError(f"{path}: [costs] must be a table")
         return cls.from_mapping(table, str(path))
+
+
+DISTRIBUTIONS = ("driver_pause_late_quantiles",)
+"""Keys whose value is a distribution (a list of quantiles), not one figure."""
+
+
+def _quantiles(value: Any, what: str) -> tuple[float, ...]:
+    """A distribution's quantiles: empty, or at least 2 ascending numbers >= 0."""
+    if not isinstance(value, list | tuple) or any(
+        isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in value
+    ):
+        raise CostProfileError(f"{what} must be a list of numbers >= 0 (µs), got {value!r}")
+    if len(value) == 1 or any(b < a for a, b in pairwise(value)):
+        raise CostProfileError(f"{what} must be at least 2 quantiles in ascending order")
+    return tuple(float(v) for v in value)
 
 
 EXACT = CostProfile(sleep_overshoot_jitter=0.0)

@@ -149,16 +149,29 @@ class SimTarget:
 
 
 def sipp_pause_late(costs: CostProfile, seed: int) -> Callable[[], float]:
-    """How late each of SIPp's pauses ends (s): uniform in `driver_pause_late` ±
-    `driver_pause_late_jitter`, from a generator of its own (seeded from `seed`), so the
-    model's other draws stay those of the same seed without it. SIPp's timing is the one
-    part of the driver modelled: on time, each call's re-INVITEs would meet a timer whose
-    period divides the gap at one fixed phase; SIPp's late pauses spread them over it."""
-    draw = random.Random(f"sipp-pause-{seed}").uniform
+    """How late each of SIPp's pauses ends (s), from a generator of its own (seeded from
+    `seed`), so the model's other draws stay those of the same seed without it: from the
+    measured distribution (`driver_pause_late_quantiles`, linear between neighbouring
+    quantiles) when the profile has it, else uniform in `driver_pause_late` ±
+    `driver_pause_late_jitter`. SIPp's timing is the one part of the driver modelled: on
+    time, each call's re-INVITEs would meet a timer whose period divides the gap at one
+    fixed phase; SIPp's late pauses spread them over it."""
+    rng = random.Random(f"sipp-pause-{seed}")
+    quantiles = [q * 1e-6 for q in costs.driver_pause_late_quantiles]
+    if quantiles:
+        steps = len(quantiles) - 1
+
+        def draw() -> float:
+            at = rng.random() * steps
+            k = min(int(at), steps - 1)
+            return quantiles[k] + (quantiles[k + 1] - quantiles[k]) * (at - k)
+
+        return draw
     late = costs.seconds("driver_pause_late")
     jitter = costs.seconds("driver_pause_late_jitter")
     low, high = max(0.0, late - jitter), late + jitter
-    return lambda: draw(low, high)
+    uniform = rng.uniform
+    return lambda: uniform(low, high)
 
 
 def idle_load(duration: float) -> LoadSpec:

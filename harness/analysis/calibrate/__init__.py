@@ -25,8 +25,9 @@ what the measurements determine simply:
 - the wake-up tail (stalls of the cores under traffic) from the p50/p99 delay excess of
   the single-wake-up strategies over the sim (`fit_wakeup_tail`); the share of it common to
   all processes is the starting profile's, not fitted.
-- how late SIPp ends a `<pause>`, from SIPp's own send and answer times
-  (`pause_lateness`, `fit_pause_late`): the sim stands in for SIPp with it (`--driver
+- how late SIPp ends a `<pause>`, from SIPp's answer and send stamps and Kamailio's suspend
+  times (`pause_lateness`; `fit_pause_late` its median ± IQR, `pause_late_quantiles` the
+  distribution the sim draws from): the sim stands in for SIPp with it (`--driver
   sipp`), so re-INVITEs meet the timers at the phases SIPp gives them. mqueue-rtimer's delay
   is then predicted from measured quantities (the rtimer phases, ε, the pauses), not fitted
   to its p50.
@@ -75,6 +76,7 @@ from harness.analysis.calibrate.fit import (
     fit_wakeup_tail,
     fitted_profile,
     marginal_us,
+    pause_late_quantiles,
 )
 from harness.analysis.calibrate.pipeline import calibrate
 from harness.analysis.calibrate.report import (
@@ -144,6 +146,7 @@ __all__ = [
     "fit_deferral",
     "fit_from_runs",
     "fit_pause_late",
+    "pause_late_quantiles",
     "fit_phases",
     "fit_rates_of",
     "fit_scale",

@@ -386,7 +386,11 @@ def profile_toml(profile: CostProfile, header: Sequence[str]) -> str:
     """The profile as TOML `CostProfile.load` reads (a [costs] table, µs)."""
     lines = [f"# {line}" for line in header]
     lines.append("[costs]")
-    lines += [f"{name} = {value:.3f}" for name, value in asdict(profile).items()]
+    for name, value in asdict(profile).items():
+        if isinstance(value, tuple):
+            lines.append(f"{name} = [{', '.join(f'{v:.1f}' for v in value)}]")
+        else:
+            lines.append(f"{name} = {value:.3f}")
     return "\n".join(lines) + "\n"
 
 

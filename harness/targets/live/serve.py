@@ -61,7 +61,7 @@ from typing import Any, TextIO
 import anyio
 
 from core.events import Address, TxnId
-from core.runtime.costs import CostProfile
+from core.runtime.costs import DISTRIBUTIONS, CostProfile
 from core.runtime.kernel import Kernel
 from core.runtime.server import Deferral, ServerSettings
 from core.sip import SipMessage, SipParseError, SipRequest, make_response, parse_message
@@ -70,7 +70,9 @@ from harness.targets.live.admission import AdmissionLimits, LiveServer, StatmRss
 from harness.targets.live.udp import UdpSocket
 from strategies import parse_spec
 
-LIVE_COSTS = CostProfile(**{f.name: 0.0 for f in fields(CostProfile)})
+LIVE_COSTS = CostProfile(
+    **{f.name: 0.0 for f in fields(CostProfile) if f.name not in DISTRIBUTIONS}
+)
 """Nothing modelled is charged on the live target: real work takes real CPU, and real
 sleeps overshoot by themselves."""
 
