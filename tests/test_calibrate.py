@@ -230,6 +230,8 @@ def test_calibrate_two_strategies_writes_a_loadable_profile_and_prints_the_table
     assert profile.rtimer_pass > 0
     for text in ("delay p50 ms", "idle wake-ups/s", "CPU µs per re-INVITE", "kamailio"):
         assert text in proc.stdout
+    kept = (out / "calibrate.txt").read_text()  # the printed report, kept beside its data
+    assert "fidelity (within" in kept and kept in proc.stdout
     document = json.loads((out / "calibration.json").read_text())
     assert [p["strategy"].partition(":")[0] for p in document["points"]] == [
         "inline",

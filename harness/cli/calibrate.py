@@ -122,15 +122,17 @@ def cmd(args: argparse.Namespace) -> int:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
     profile = cal.write(result, out, command)
-    print(cal.table(result))
-    print("\nfitted:\n" + "\n".join(f"  {note}" for note in result.notes))
+    report = [cal.table(result), "\nfitted:\n" + "\n".join(f"  {note}" for note in result.notes)]
     bounds = ("delay max(10 %, 0.5 ms), early 5 points, wake-ups 10 %, CPU per re-INVITE "
               "15 %, capacity 15 %")  # fmt: skip
     held = [r for r in result.rates if r not in result.fit_rates]
     cells = (f"held-out rates {', '.join(f'{r:g}' for r in held) or 'none'}; fit on "
              f"{', '.join(f'{r:g}' for r in result.fit_rates)}")  # fmt: skip
-    print(f"\nfidelity (within {bounds}; {cells}):\n" + cal.summary(result))
-    print(f"\nreproduce: {' '.join(command)}\nwritten: {out}/")
+    report.append(f"\nfidelity (within {bounds}; {cells}):\n" + cal.summary(result))
+    report.append(f"\nreproduce: {' '.join(command)}")
+    text = "\n".join(report) + "\n"
+    (out / "calibrate.txt").write_text(text, encoding="utf-8")  # the table, kept beside its data
+    print(text + f"written: {out}/")
     if args.adopt:
         ADOPTED.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(profile, ADOPTED)
