@@ -2,13 +2,16 @@
 timers: deadlines in one heap (trio-style lazy deletion) exposing the exact next deadline.
 
 A transaction's timers ride on one carrier entry (see `TimerHeap`); the transaction keeps
-them itself (`Transaction._timers`, `_carries`, `_recarry`). Sans-IO: no clock, no I/O.
+them itself (`Transaction._timers`, `_carries`, `_recarry`). A settled transaction that only
+lingers (Timer M, K, L or J) waits in a queue instead (`TimerHeap._linger`). Sans-IO: no
+clock, no I/O.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from typing import Any
 
 _heappush = heapq.heappush
@@ -30,15 +33,25 @@ class TimerHeap:
     when it pops with no timer of its key left, it is pushed again at the earliest key
     that is. Every timer still takes its `seq` when started, so timers fire in exactly the
     order one entry each would give. `len()` counts running timers either way.
+
+    A settled transaction lingers for a fixed interval (Timer M, K, L or J) to absorb
+    retransmissions; at a steady load tens of thousands do. Their one timer leaves the
+    heap for a FIFO queue per timer name (`_linger`): started in time order with the same
+    interval, they expire in the order they were queued, so a queue entry is a single
+    tuple `(when, seq, txn, name)` and the transaction drops its timer dict and carrier.
+    The transaction's `_carrier` is that tuple while it lingers; a queue entry it no
+    longer holds is dead and skipped. Queue heads and the heap's head are merged by
+    (when, seq), so timers still fire in exactly the order one entry each would give.
     """
 
-    __slots__ = ("_heap", "_seq", "_dead", "_running")
+    __slots__ = ("_heap", "_seq", "_dead", "_running", "_lingering")
 
     def __init__(self) -> None:
         self._heap: list[list[Any]] = []
         self._seq = itertools.count()
         self._dead = 0
         self._running = 0  # timers scheduled or started, neither cancelled nor fired
+        self._lingering: dict[str, deque[tuple[float, int, Any, str]]] = {}
 
     def __len__(self) -> int:
         return self._running
@@ -67,8 +80,33 @@ class TimerHeap:
         _heappush(self._heap, entry)
         return entry
 
+    def _linger(
+        self, when: float, seq: int, txn: Any, name: str
+    ) -> tuple[float, int, Any, str] | None:
+        """Queue the linger timer `name` of `txn` (started as `(when, seq)`); its entry, or
+        None if it would not be the queue's latest (then it stays on the heap)."""
+        queue = self._lingering.get(name)
+        if queue is None:
+            queue = self._lingering[name] = deque()
+        elif queue and queue[-1][:2] > (when, seq):
+            return None
+        entry = (when, seq, txn, name)
+        queue.append(entry)
+        return entry
+
+    def _lingering_head(self) -> tuple[float, int, Any, str] | None:
+        """The earliest live queued linger timer (dead queue heads are dropped)."""
+        first = None
+        for queue in self._lingering.values():
+            while queue and queue[0][2]._carrier is not queue[0]:
+                queue.popleft()
+            if queue and (first is None or queue[0] < first):
+                first = queue[0]
+        return first
+
     def next_deadline(self) -> float | None:
         heap = self._heap
+        when = None
         while heap:
             head = heap[0]
             if not head[4]:
@@ -79,13 +117,32 @@ class TimerHeap:
                 head[4] = False
                 head[2]._recarry(head)
             else:
-                return head[0]
-        return None
+                when = head[0]
+                break
+        if self._lingering:
+            lingering = self._lingering_head()
+            if lingering is not None and (when is None or lingering[0] < when):
+                return lingering[0]
+        return when
 
     def pop_due(self, now: float) -> list[Any] | None:
         """The earliest live entry due at or before `now` (marked fired), else None."""
         heap = self._heap
-        while heap and heap[0][0] <= now:
+        lingering = self._lingering_head() if self._lingering else None
+        if lingering is not None and lingering[0] > now:
+            lingering = None
+        while True:
+            if lingering is not None and (
+                not heap
+                or lingering[0] < heap[0][0]
+                or (lingering[0] == heap[0][0] and lingering[1] < heap[0][1])
+            ):
+                self._lingering[lingering[3]].popleft()
+                lingering[2]._carrier = None
+                self._running -= 1
+                return [lingering[0], lingering[1], lingering[2], lingering[3], False]
+            if not heap or heap[0][0] > now:
+                return None
             entry = heapq.heappop(heap)
             if not entry[4]:
                 self._dead -= 1
@@ -98,4 +155,3 @@ class TimerHeap:
             if name is not None:
                 self._running -= 1
                 return [entry[0], entry[1], entry[2], name, False]
-        return None

@@ -93,9 +93,6 @@ TERMINATED = TransactionTerminated()
 TxnOutput = Send | PassToUser | TransactionTimeout | TransactionTerminated
 
 
-# ---------------------------------------------------------------- timer heap
-
-
 # ---------------------------------------------------------------- the tables
 
 _CALLING_EXIT = ("stop A", "stop B")
@@ -234,9 +231,9 @@ class Transaction:
         self.owner = owner  # opaque to the transaction: whatever the user wants back
         self._heap = heap
         self._settings = settings
-        self._timers: dict[str, tuple[float, int]] = {}  # running: name -> (when, seq)
+        self._timers: dict[str, tuple[float, int]] | None = {}  # (when, seq); None: lingers
         self._interval: dict[str, float] | None = {}  # last interval of A, E, G (backoff)
-        self._carrier: list[Any] | None = None  # its entry in the heap (see TimerHeap)
+        self._carrier: list[Any] | tuple | None = None  # in the heap, or see `_linger`
 
     def __repr__(self) -> str:
         method = self.request.method if self.request is not None else "(settled)"
@@ -248,7 +245,11 @@ class Transaction:
 
     def timer_deadline(self, timer: str) -> float | None:
         """When the named timer fires next, or None if it is not running."""
-        key = self._timers.get(timer)
+        timers = self._timers
+        if timers is None:
+            lingering = self._carrier
+            return lingering[0] if lingering is not None and lingering[3] == timer else None
+        key = timers.get(timer)
         return key[0] if key is not None else None
 
     def on_timer(self, timer: str, now: float) -> list[TxnOutput]:
@@ -293,19 +294,58 @@ class Transaction:
 
     def _cancel_all(self) -> None:
         heap = self._heap
-        heap._running -= len(self._timers)
-        self._timers.clear()
+        timers = self._timers
         carrier = self._carrier
+        if timers is None:  # lingering: its queue entry, no longer held, is skipped
+            if carrier is not None:
+                self._carrier = None
+                heap._running -= 1
+            return
+        heap._running -= len(timers)
+        timers.clear()
         if carrier is not None:
             self._carrier = None
             heap._kill(carrier)
+
+    def _linger(self) -> None:
+        """Settled, with one linger timer left (M, K, L, J): it moves to the heap's queue
+        for it (`_carrier` is its entry there); the timer dict and heap carrier go. Left is
+        what absorbing retransmissions needs: the key, the state, the owner."""
+        timers = self._timers
+        if timers is None or len(timers) != 1:
+            return
+        ((name, (when, seq)),) = timers.items()
+        if name not in _LINGER_TIMERS:
+            return
+        heap = self._heap
+        entry = heap._linger(when, seq, self, name)
+        if entry is None:
+            return
+        carrier = self._carrier
+        if carrier is not None:
+            heap._kill(carrier)
+        self._timers = None
+        self._carrier = entry
+
+    def _timer_table(self) -> dict[str, tuple[float, int]]:
+        """Its running timers, its linger timer taken back from the queue if it lingers."""
+        timers = self._timers
+        if timers is not None:
+            return timers
+        timers = self._timers = {}
+        lingering = self._carrier
+        self._carrier = None
+        if lingering is not None:
+            timers[lingering[3]] = (lingering[0], lingering[1])
+            self._carrier = self._heap._carry(lingering[0], lingering[1], self)
+        return timers
 
     # timers (one heap entry carries them all, see TimerHeap) ---------------------------
 
     def _carries(self, seq: int) -> bool:
         """Whether a running timer has sequence number `seq` (asked on every look at the
         heap's head: a plain loop, no generator)."""
-        for key in self._timers.values():  # noqa: SIM110
+        for key in self._timers.values():  # type: ignore[union-attr]  # noqa: SIM110
             if key[1] == seq:
                 return True
         return False
@@ -317,20 +357,21 @@ class Transaction:
         seq = carrier[1]
         fired = None
         earliest = None
-        for name, key in self._timers.items():
+        timers: dict = self._timers  # type: ignore[assignment]  # a carrier: not lingering
+        for name, key in timers.items():
             if key[1] == seq:
                 fired = name
             elif earliest is None or key < earliest:
                 earliest = key
         if fired is not None:
-            del self._timers[fired]
+            del timers[fired]
         if earliest is not None:
             self._carrier = self._heap._carry(earliest[0], earliest[1], self)
         return fired
 
     def _start(self, timer: str, interval: float, now: float) -> None:
         heap = self._heap
-        timers = self._timers
+        timers = self._timers if self._timers is not None else self._timer_table()
         if timer in timers:
             del timers[timer]
             heap._running -= 1
@@ -367,7 +408,7 @@ class Transaction:
         self._start(timer, self._settings.t2, now)
 
     def _eff_stop(self, timer: str, message: Any, now: float, out: list) -> None:
-        if self._timers.pop(timer, None) is not None:
+        if self._timer_table().pop(timer, None) is not None:
             self._heap._running -= 1  # its carrier, if it was the earliest, pops early
 
     def _eff_pass(self, arg: Any, message: Any, now: float, out: list) -> None:
@@ -423,11 +464,12 @@ class ClientTransaction(Transaction):
             self.request = None  # type: ignore[assignment]
             self.last_response = None
             self._interval = None  # no timer backs off any more
+            self._linger()
 
     def stop_retransmissions(self) -> None:
         """Stop re-sending the request and its timeout (Kamailio does this on fr expiry or
         CANCEL) while the transaction stays matchable for a late answer."""
-        timers = self._timers
+        timers = self._timer_table()
         for timer in ("A", "B", "E", "F"):
             if timers.pop(timer, None) is not None:
                 self._heap._running -= 1
@@ -510,6 +552,7 @@ class ServerTransaction(Transaction):
             self._last = None
             if self.state != "completed":  # Timer G (backoff) runs only in Completed
                 self._interval = None
+            self._linger()
 
     def _eff_send_response(self, arg: Any, message: Any, now: float, out: list) -> None:
         self._last = message
@@ -522,6 +565,9 @@ class ServerTransaction(Transaction):
 
 
 _TIMER_EVENT = {t: f"timer_{t}" for t in "ABDEFGHIJKLM"}
+
+# Timers that only keep a settled transaction matchable, a fixed interval (see `_linger`).
+_LINGER_TIMERS = frozenset("MKLJ")
 
 _STEP_BY_VERB: dict[str, Callable[..., None]] = {
     "start": Transaction._eff_start,

@@ -96,7 +96,9 @@ class Wire:
 
 def agents(reinvites: int = 3, gap: float = 0.002, race_code: int = 491):
     ledger = Ledger(race_code=race_code)
-    uac = Uac(UAC, UAS, reinvites=reinvites, gap=gap, observer=ledger, keep_timings=True)
+    uac = Uac(
+        UAC, UAS, reinvites=reinvites, gap=gap, observer=ledger, keep_timings=True, keep_calls=True
+    )
     uas = Uas(UAS, race_code=race_code, observer=ledger)
     return uac, uas, ledger
 
@@ -291,7 +293,7 @@ def test_reinvite_that_gets_no_answer_counts_as_408_and_the_call_goes_on() -> No
 def test_uas_rejects_out_of_order_cseq_with_500_and_ledger_sees_reordering() -> None:
     ledger = Ledger()
     uas = Uas(UAS, observer=ledger)
-    uac = Uac(UAC, UAS, reinvites=3, gap=0.0, observer=ledger)
+    uac = Uac(UAC, UAS, reinvites=3, gap=0.0, observer=ledger, keep_calls=True)
     invite = uac.start_call(0, 0.0)[0].message
     ok = uas.receive(invite, UAC, 0.0)[0].message
     ack, reinvite_2 = (s.message for s in uac.receive(ok, UAS, 0.0))
@@ -348,7 +350,7 @@ def test_messages_are_deterministic_and_survive_the_parser() -> None:
 
 
 def test_failed_invite_ends_the_call_without_reinvites() -> None:
-    uac = Uac(UAC, UAS, reinvites=3, gap=0.0, observer=Ledger())
+    uac = Uac(UAC, UAS, reinvites=3, gap=0.0, observer=Ledger(), keep_calls=True)
     invite = uac.start_call(0, 0.0)[0].message
     from core.sip import make_response
 

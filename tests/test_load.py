@@ -14,6 +14,7 @@ from harness.load.spec import (
     CallPlan,
     LoadError,
     LoadSpec,
+    call_plans,
     format_duration,
     format_rate,
     parse_load,
@@ -170,6 +171,17 @@ def test_schedule_does_not_use_or_disturb_global_random():
     assert random.random() == expected_next
     random.seed(999)
     assert schedule(spec, 5) == first
+
+
+@pytest.mark.parametrize("arrival", ["poisson", "constant", "burst", "ramp", "step"])
+def test_call_plans_draw_the_schedule_one_call_at_a_time(arrival):
+    """A run holds the next call, not the schedule: the plans are drawn lazily, from the
+    same draws in the same order as the list."""
+    spec = parse_load(f"reinvite:rate=50/s,duration=10s,arrival={arrival}")
+    plans = call_plans(spec, 3)
+    assert iter(plans) is plans and not isinstance(plans, list | tuple)
+    first = [next(plans) for _ in range(5)]
+    assert first + list(plans) == schedule(spec, 3)
 
 
 def test_plans_are_numbered_in_order():

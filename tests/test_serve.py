@@ -86,7 +86,7 @@ async def _one_call(proxy: tuple[str, int], reinvites: int = 2, timeout: float =
     uac_socket, uas_socket = UdpSocket(), UdpSocket()
     ledger = Ledger()
     uac = Uac(uac_socket.address, uas_socket.address, reinvites=reinvites, gap=0.001,
-              outbound_proxy=proxy, observer=ledger)  # fmt: skip
+              outbound_proxy=proxy, observer=ledger, keep_calls=True)  # fmt: skip
     uas = Uas(uas_socket.address, observer=ledger)
     uac_host = UdpHost(kernel, uac_socket, uac)
     uas_host = UdpHost(kernel, uas_socket, uas)

@@ -398,3 +398,20 @@ def test_the_sim_takes_driver_sipp_and_names_it_in_the_result() -> None:
     target = targets.build("sim", targets.TargetOptions(driver="sipp"))
     assert target.driver == "sipp" and target.facts()["driver"] == "sipp"
     assert targets.build("sim", targets.TargetOptions(driver="python")).facts()["driver"] is None
+
+
+def test_a_run_keeps_no_record_per_call_and_its_settled_transactions_linger_compactly():
+    """What a run holds follows the calls in flight, not its length: no call record, no send
+    time, no per-dialog ledger entry once the dialog ended, no value waiting in the
+    in-order streams at the end, and an accepted transaction lingers without timer state."""
+    load = parse_load("reinvite:rate=20/s,duration=3s,reinvites=3,gap=1ms")
+    run = simulate("inline", load, 1, SETTINGS, measure_idle=False)
+    uac, uas = run.uac, run.uas
+    assert run.calls_planned == len(schedule(load, 1)) == uac.calls_started > 0
+    assert uac.calls == [] and len(uac.sent) == 0 and uac.timings == {}
+    assert uac.sent_in_window == run.result["ledger"]["transactions"]
+    assert run.ledger._highest_cseq == {}  # every dialog ended with its BYE
+    assert uac._e2e.held == 0 and run.tally is not None and run.tally._delays.held == 0
+    txns = [*uac._clients.values(), *uas._servers.values()]
+    accepted = [t for t in txns if t.state == "accepted"]
+    assert accepted and all(t._timers is None and t.request is None for t in accepted)

@@ -398,3 +398,56 @@ def test_expire_fires_due_transaction_timers_for_a_user_agent():
     assert [txn for txn, _ in fired] == [uac, uas]  # same deadline: schedule order
     assert all(isinstance(out[0], Send) for _, out in fired)
     assert heap.next_deadline() == 1.5
+
+
+# ------------------------------------------------------------------ lingering
+
+
+def test_settled_transactions_linger_in_a_queue_without_timer_state():
+    """Once settled, a transaction keeps no timer dict and no live heap entry (its linger
+    timer waits in the heap's queue, one tuple); it still absorbs retransmissions and ends
+    at the exact time, in schedule order."""
+    clock = Clock()
+    settled = []
+    for n in range(50):
+        txn = ServerTransaction(req("INVITE", f"z9hG4bK-{n}"), UPSTREAM, clock.heap, SETTINGS)
+        txn.start(0.0)
+        ok = resp(txn.request, 200)
+        txn.send_response(ok, 1.0)
+        txn.settle()
+        settled.append((txn, ok))
+    other = clock.heap.schedule(33.0, "own timer", "x")  # ties with every Timer L
+    queued = sum(len(queue) for queue in clock.heap._lingering.values())
+    assert queued == 50 and len(clock.heap) == 51
+    assert [e[2] for e in clock.heap._heap if e[4]] == ["own timer"]  # carriers are dead
+    assert all(txn._timers is None for txn, _ in settled)
+    first, ok = settled[0]
+    assert first.receive_request(req("INVITE", "z9hG4bK-0"), 2.0) == [Send(ok, UPSTREAM)]
+    assert first.timer_deadline("L") == 33.0 and first.timer_deadline("M") is None
+    settled[1][0].terminate()  # ended early: its queue entry is skipped
+    assert len(clock.heap) == 50
+    fired = []
+    while (entry := clock.heap.pop_due(33.0)) is not None:
+        fired.append(entry[2])
+        if entry[2] is not other[2]:
+            entry[2].on_timer(entry[3], 33.0)
+    lingering = [txn for txn, _ in settled]
+    assert fired == [lingering[0], *lingering[2:], "own timer"]  # schedule order, as before
+    assert all(txn.terminated for txn in lingering) and len(clock.heap) == 0
+
+
+def test_a_lingering_client_transaction_fires_timer_m_when_it_always_did():
+    clock = Clock()
+    txn = ClientTransaction(req("INVITE"), NEXT_HOP, clock.heap, SETTINGS, owner="call")
+    txn.start(0.0)
+    ok = resp(txn.request, 200)
+    txn.receive_response(ok, 0.1)
+    txn.settle()
+    assert txn._timers is None and txn.request is None
+    assert [len(q) for q in clock.heap._lingering.values()] == [1]  # Timer M, queued
+    assert clock.heap.next_deadline() == pytest.approx(32.1)
+    assert txn.receive_response(ok, 0.6) == [PassToUser(ok)]
+    clock.run_until(32.0)
+    assert txn.state == "accepted"
+    clock.run_until(32.2)
+    assert txn.terminated and clock.heap.next_deadline() is None

@@ -9,7 +9,7 @@
 Every re-INVITE is reported to an observer (the ledger) under key (Call-ID, CSeq number):
 `open` when first sent, `retransmission` on each Timer A retransmission by the UAC,
 `final` with the first final status, and `reached_uas` when a new server transaction for it
-reaches the UAS.
+reaches the UAS; `dialog_ended` when the UAS ends a dialog (no re-INVITE reaches it after).
 
 What this module must not do: read a clock, sleep, or touch a socket (the agents are sans-IO:
 the sim target's kernel or the live target's host drives them with `now`), import the UAC or
@@ -39,6 +39,8 @@ class ReinviteObserver(Protocol):
 
     def retransmission(self, key: Key) -> None: ...
 
+    def dialog_ended(self, dialog: Any) -> None: ...
+
 
 class _NoObserver:
     def open(self, key: Key) -> None:
@@ -51,6 +53,9 @@ class _NoObserver:
         pass
 
     def retransmission(self, key: Key) -> None:
+        pass
+
+    def dialog_ended(self, dialog: Any) -> None:
         pass
 
 

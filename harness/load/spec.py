@@ -18,7 +18,9 @@ ramp and step are paced, not random: call i starts when the cumulative offered r
 reaches i, so they show the shape of the load without adding noise to it.
 
 A schedule depends only on the spec and the seed (its own random.Random, never the global
-one), so every strategy is driven by the identical load. This module does no I/O.
+one), so every strategy is driven by the identical load. `call_plans` draws it lazily, one
+call at a time, so a run holds only the calls it has started, not the whole schedule;
+`schedule` is the same calls as a list. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import dataclasses
 import math
 import random
 import re
+from collections.abc import Iterator
 from typing import Any, Literal
 
 Arrival = Literal["constant", "poisson", "burst", "ramp", "step"]
 ARRIVALS: tuple[str, ...] = ("constant", "poisson", "burst", "ramp", "step")
 SCENARIOS: tuple[str, ...] = ("reinvite", "idle")
 
-MAX_CALLS = 10_000_000  # a schedule is a list in memory
+MAX_CALLS = 10_000_000
 MAX_DURATION_US = 86_400 * 1_000_000
 
 # Plausibility, from what the sim measured on this 2-vCPU machine (`deferbench run --jobs 1
@@ -310,33 +313,39 @@ def schedule(spec: LoadSpec, seed: int) -> list[CallPlan]:
 
     Deterministic for (spec, seed); constant, burst, ramp and step do not use the seed.
     """
+    return list(call_plans(spec, seed))
+
+
+def call_plans(spec: LoadSpec, seed: int) -> Iterator[CallPlan]:
+    """`schedule(spec, seed)` drawn one call at a time (the same calls, from the same
+    draws in the same order): a run keeps the next call, not all of them."""
     if spec.idle:
-        return []  # the idle load: the server alone, for idle CPU and wake-ups
+        return  # the idle load: the server alone, for idle CPU and wake-ups
     starts = _STARTS[spec.arrival](spec, random.Random(seed))
-    return [CallPlan(i, t) for i, t in enumerate(starts)]
+    for i, t in enumerate(starts):
+        yield CallPlan(i, t)
 
 
-def _constant(spec: LoadSpec, rng: random.Random) -> list[float]:
+def _constant(spec: LoadSpec, rng: random.Random) -> Iterator[float]:
     return _paced(lambda i: i / spec.rate, spec.duration)
 
 
-def _poisson(spec: LoadSpec, rng: random.Random) -> list[float]:
-    starts: list[float] = []
+def _poisson(spec: LoadSpec, rng: random.Random) -> Iterator[float]:
     t = rng.expovariate(spec.rate)
     while t < spec.duration:
-        starts.append(t)
+        yield t
         t += rng.expovariate(spec.rate)
-    return starts
 
 
-def _burst(spec: LoadSpec, rng: random.Random) -> list[float]:
+def _burst(spec: LoadSpec, rng: random.Random) -> Iterator[float]:
     size = spec.burst or DEFAULT_BURST
     spacing = size / spec.rate
-    groups = _paced(lambda g: g * spacing, spec.duration)
-    return [t for t in groups for _ in range(size)]
+    for t in _paced(lambda g: g * spacing, spec.duration):
+        for _ in range(size):
+            yield t
 
 
-def _ramp(spec: LoadSpec, rng: random.Random) -> list[float]:
+def _ramp(spec: LoadSpec, rng: random.Random) -> Iterator[float]:
     r0 = spec.start_rate or 0.0
     slope = (spec.rate - r0) / spec.duration
 
@@ -352,7 +361,7 @@ def _ramp(spec: LoadSpec, rng: random.Random) -> list[float]:
     return _paced(at, spec.duration)
 
 
-def _step(spec: LoadSpec, rng: random.Random) -> list[float]:
+def _step(spec: LoadSpec, rng: random.Random) -> Iterator[float]:
     steps = spec.steps or DEFAULT_STEPS
     length = spec.duration / steps
     # Cumulative calls offered by the start of step k (k = 0..steps-1), step k at rate (k+1)/n.
@@ -368,14 +377,12 @@ def _step(spec: LoadSpec, rng: random.Random) -> list[float]:
     return _paced(at, spec.duration)
 
 
-def _paced(at: Any, duration: float) -> list[float]:
-    """[at(0), at(1), …] while below duration: arrivals at fixed points of a cumulative rate."""
-    starts: list[float] = []
+def _paced(at: Any, duration: float) -> Iterator[float]:
+    """at(0), at(1), … while below duration: arrivals at fixed points of a cumulative rate."""
     i = 0
     while (t := at(i)) < duration:
-        starts.append(t)
+        yield t
         i += 1
-    return starts
 
 
 _STARTS = {

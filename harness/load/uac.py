@@ -3,10 +3,16 @@
 Each call is INVITE, `reinvites` re-INVITEs `gap` apart, BYE, over the core's RFC 3261 client
 transactions (`core.transaction`, which retransmit over UDP); above them the UA core does
 what §13 asks of it: it acknowledges every 2xx, again on each retransmitted 2xx, also for
-`LINGER` seconds after its call ended. `Uac.sent` and `Uac.e2e` hold, per re-INVITE in send
-order, when it went and its end-to-end latency (NaN while unanswered); `Uac.timings` the
-`ReinviteTiming` of each re-INVITE still unanswered (of every one with `keep_timings`);
-`Uac.calls` how each call went.
+`LINGER` seconds after its call ended. A long run keeps no record per call or re-INVITE:
+
+- the end-to-end latency of each re-INVITE goes into `Uac.e2e_distribution()` in send
+  order, as soon as every earlier one's is known (`harness.measure.inorder`);
+- `Uac.sent_before` counts the re-INVITEs sent before the load window's end: as they go
+  when it is given as `window_end`, else from `Uac.sent` (every send time);
+- `Uac.timings` holds the `ReinviteTiming` of each re-INVITE still unanswered (of every
+  one with `keep_timings`);
+- `Uac.calls_started` and `Uac.invite_statuses` count the calls and how their INVITEs were
+  answered; `Uac.calls` keeps how each call went only with `keep_calls`.
 
 Choices where the issue and the RFC leave room (all deliberate, all documented here):
 
@@ -40,7 +46,6 @@ the proxy runs.
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections import Counter
 from collections.abc import Callable
@@ -72,6 +77,8 @@ from core.transaction import (
     client_key,
 )
 from harness.load.agent import NO_OBSERVER, Endpoint, Key, ReinviteObserver, host_ref
+from harness.measure.inorder import InOrder
+from harness.measure.metrics import Distribution
 
 
 def uri_address(uri: str) -> Address:
@@ -118,7 +125,7 @@ class ReinviteTiming:
     final_at: float | None = None
     status: int | None = None
     retransmissions: int = 0
-    slot: int = -1  # its place in `Uac.sent` / `Uac.e2e`
+    slot: int = -1  # its place in send order (the UAC's e2e stream)
 
     @property
     def e2e(self) -> float | None:
@@ -189,6 +196,8 @@ class Uac(Endpoint):
         observer: ReinviteObserver | None = None,
         timers: TimerSettings | None = None,
         keep_timings: bool = False,
+        keep_calls: bool = False,
+        window_end: float | None = None,
         pause_late: Callable[[], float] | None = None,
     ) -> None:
         if reinvites < 0:
@@ -205,11 +214,18 @@ class Uac(Endpoint):
         self.outbound_proxy = outbound_proxy
         self.observer = observer if observer is not None else NO_OBSERVER
         self.settings = timers or TimerSettings()
-        self.calls: list[CallRecord] = []
-        # Per re-INVITE in send order: when it went, and its e2e once answered (NaN before);
-        # its ReinviteTiming stays in `timings` until answered (for good: `keep_timings`).
+        self.calls: list[CallRecord] = []  # every call's record, only with `keep_calls`
+        self.keep_calls = keep_calls
+        self.calls_started = 0
+        self.invite_statuses: Counter[int] = Counter()  # final status of each call's INVITE
+        # Per re-INVITE in send order: its e2e once answered, recorded in send order (`_e2e`);
+        # how many went before `window_end`, or every send time (`sent`) without it; its
+        # ReinviteTiming stays in `timings` until answered (for good: `keep_timings`).
+        self._latency = Distribution()
+        self._e2e = InOrder(self._latency.record)
+        self.window_end = window_end
+        self.sent_in_window = 0
         self.sent = array("d")
-        self.e2e = array("d")
         self.timings: dict[Key, ReinviteTiming] = {}
         self.keep_timings = keep_timings
         self.counters: Counter[str] = Counter()
@@ -226,6 +242,23 @@ class Uac(Endpoint):
             [f"<sip:{host_ref(outbound_proxy)};lr>"] if outbound_proxy is not None else []
         )
 
+    # ------------------------------------------------------------------ figures
+
+    def e2e_distribution(self) -> Distribution:
+        """The e2e latency of every answered re-INVITE, recorded in send order (the order
+        its mean is summed in). For the end of the run: those still unanswered get none."""
+        self._e2e.flush()
+        return self._latency
+
+    def sent_before(self, end: float) -> int:
+        """Re-INVITEs sent before `end` (this UAC's clock): counted as they went if `end` is
+        the `window_end` it was given, else from every send time."""
+        if self.window_end is None:
+            return sum(1 for sent in self.sent if sent < end)
+        if end != self.window_end:
+            raise ValueError(f"sends were counted before {self.window_end}, not {end}")
+        return self.sent_in_window
+
     # ------------------------------------------------------------------ inputs
 
     def start_call(self, index: int, now: float, intended: float | None = None) -> list[Send]:
@@ -234,7 +267,9 @@ class Uac(Endpoint):
         record = CallRecord(index, call_id, now if intended is None else intended, now)
         host = self.address[0]
         call = _Call(record, f"<sip:uac@{host}>;tag=uac-{index}", f"<{self._uas_uri}>")
-        self.calls.append(record)
+        if self.keep_calls:
+            self.calls.append(record)
+        self.calls_started += 1
         self._live[call_id] = call
         self.active += 1
         self.counters["calls started"] += 1
@@ -292,10 +327,13 @@ class Uac(Endpoint):
             call.reinvites_sent += 1
             key = (call.call_id, cseq)
             planned = now if intended is None else intended
-            timing = ReinviteTiming(call.record.index, cseq, planned, now, slot=len(self.sent))
+            slot = self._e2e.open()
+            timing = ReinviteTiming(call.record.index, cseq, planned, now, slot=slot)
             self.timings[key] = timing
-            self.sent.append(now)
-            self.e2e.append(math.nan)
+            if self.window_end is None:
+                self.sent.append(now)
+            elif now < self.window_end:
+                self.sent_in_window += 1
             self.observer.open(key)
         return self._outputs(txn, txn.start(now), now)
 
@@ -379,11 +417,13 @@ class Uac(Endpoint):
         if status >= 300:
             if cseq == 1:
                 call.record.invite_status = status
+                self.invite_statuses[status] += 1
                 self._end(call, "failed", now)
                 return []
             return self._pause(call, now) if current else []
         if cseq == 1:
             call.record.invite_status = status
+            self.invite_statuses[status] += 1
             call.record.answered_at = now
             self._establish(call, response)
         sends = self._ack_2xx(call, cseq)
@@ -407,7 +447,7 @@ class Uac(Endpoint):
         if timing is not None and timing.status is None:
             timing.status = status
             timing.final_at = now
-            self.e2e[timing.slot] = now - timing.intended
+            self._e2e.close(timing.slot, now - timing.intended)
             if not self.keep_timings:
                 del self.timings[key]
             self.observer.final(key, status)

@@ -13,7 +13,7 @@ Choices where the issue and the RFC leave room (all deliberate, all documented h
   byte-identical messages; responses go where §18.2.2 / RFC 3581 say (`received`, `rport`).
 
 It reports `reached_uas` to its observer (`harness.load.agent.ReinviteObserver`) when a new
-server transaction for a re-INVITE reaches it.
+server transaction for a re-INVITE reaches it, and `dialog_ended` when a BYE ends a dialog.
 
 What this module must not do: read a clock, sleep, or touch a socket (it is sans-IO: the
 sim target's kernel or the live target's host calls `receive` and `expire` with `now` and
@@ -87,6 +87,8 @@ class Uas(Endpoint):
         self._heap = TimerHeap()
         self._servers: dict[tuple, ServerTransaction] = {}
         self._dialogs: dict[tuple[str, str], _Dialog] = {}
+        # Each address answered to, once: the lingering transactions share their peer.
+        self._peers: dict[Address, Address] = {}
         self._contact = f"<sip:uas@{host_ref(address)}>"
 
     @property
@@ -107,7 +109,7 @@ class Uas(Endpoint):
                 self._dialog_ack(message)
                 return []
             txn = ServerTransaction(
-                message, _reply_address(message, source), self._heap, self.settings, key=key
+                message, self._peer(message, source), self._heap, self.settings, key=key
             )
             self._servers[key] = txn
             txn.start(now)
@@ -121,6 +123,10 @@ class Uas(Endpoint):
 
     def _own_timer(self, target: Any, name: str, when: float, now: float) -> list[Send]:
         return self._retransmit_2xx(target, now)
+
+    def _peer(self, request: SipRequest, source: Address) -> Address:
+        address = _reply_address(request, source)
+        return self._peers.setdefault(address, address)
 
     # ------------------------------------------------------------------ answering
 
@@ -157,6 +163,7 @@ class Uas(Endpoint):
                 dialog.remote_cseq = cseq
             self._stop(dialog)
             del self._dialogs[(call_id, to_tag)]
+            self.observer.dialog_ended(call_id)
             return make_response(request, 200)
         return make_response(request, 501)
 

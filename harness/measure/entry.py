@@ -8,7 +8,7 @@ a percentile computed or a CPU share defined. A target hands this module:
   server's clock, the role of the process that resumed, resumes, stale continues);
 - the UAC and UAS it drove (their timings and counters) and the ledger they reported to,
   or, for a driver that is not the harness's own UAC (SIPp), the same UAC figures as
-  `UacFigures` (send times, e2e samples, unfinished calls);
+  `UacFigures` (re-INVITEs sent in the window, the e2e distribution, unfinished calls);
 - the CPU it observed over the load window (`CpuWindow`: busy seconds and wake-ups per
   role, the window's length and how many cores the busy time is a share of) and, if
   measured, over an idle window;
@@ -28,8 +28,9 @@ from typing import Any
 
 from harness.load.endpoints import Uac, Uas
 from harness.load.spec import LoadSpec
+from harness.measure.inorder import InOrder
 from harness.measure.ledger import Key, Ledger
-from harness.measure.metrics import Distribution, early_share, lateness_summary
+from harness.measure.metrics import EARLY_EPSILON_S, Distribution, lateness_summary
 from strategies.base import Strategy
 
 
@@ -91,25 +92,39 @@ class CpuWindow:
 
 @dataclass(frozen=True, slots=True)
 class UacFigures:
-    """What the entry needs from the load's UAC, whoever played it: per re-INVITE sent, its
-    send time (on the clock of `load_start`) and e2e (None or NaN: no final response); and
-    the calls planned but not finished."""
+    """What the entry needs from the load's UAC, whoever played it: how many re-INVITEs it
+    sent before a time (`sent_before`, on the clock of `load_start`), the e2e latency of
+    those answered (recorded in send order), and the calls planned but not finished."""
 
-    sent: Sequence[float]
-    e2e: Sequence[float | None]
+    sent_before: Callable[[float], int]
+    e2e: Distribution
     calls_unfinished: int
 
     @classmethod
     def of(cls, uac: Uac, calls_planned: int) -> UacFigures:
-        """From the harness's own UAC (its arrays, shared: NaN for no final response)."""
-        return cls(uac.sent, uac.e2e, uac.active + calls_planned - len(uac.calls))
+        """From the harness's own UAC (which recorded them as the run went)."""
+        unfinished = uac.active + calls_planned - uac.calls_started
+        return cls(uac.sent_before, uac.e2e_distribution(), unfinished)
+
+    @classmethod
+    def of_reinvites(
+        cls, sent: Sequence[float], e2e: Sequence[float | None], calls_unfinished: int
+    ) -> UacFigures:
+        """From per re-INVITE send times and e2e latencies in send order (None or NaN: no
+        final response), for a driver that reports them at the end (SIPp)."""
+        latency = Distribution()
+        for value in e2e:
+            if value is not None and value == value:  # None or NaN: no final response
+                latency.record(value)
+        return cls(lambda end: sum(1 for t in sent if t < end), latency, calls_unfinished)
 
 
 class DeferralTally:
     """Deferral records accounted as each becomes final, so a run keeps no record per
-    deferral: resumes and stale continues go to the ledger, the delay into an array of
-    doubles at the record's place in suspend order (the order the records were kept in,
-    which the float sum of the mean depends on), the resuming role into a counter.
+    deferral: resumes and stale continues go to the ledger, the delay into `delay` in
+    suspend order (the order the records were kept in, which the float sum of the mean
+    depends on: see `harness.measure.inorder`) and into the count of those shorter than
+    `requested` (`early_share`), the resuming role into a counter.
 
     It is the sink a sim server streams to (`core.runtime.server.DeferralSink`): `opened`
     gives a suspension its place, `retired` accounts it when its transaction is freed (and
@@ -122,18 +137,31 @@ class DeferralTally:
     the order given.
     """
 
-    def __init__(self, ledger: Ledger, role_of: Callable[[str], str] | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        role_of: Callable[[str], str] | None = None,
+        requested: float = 0.0,
+    ) -> None:
         self.ledger = ledger
         self._role_of = role_of
-        self._delays = array("d")
+        self.requested = requested
+        self.delay = Distribution()
+        self._early = 0
+        self._early_below = requested - EARLY_EPSILON_S
+        self._delays = InOrder(self._take)
         self.resumed_by: Counter[str] = Counter()
         self._retired_ids = array("Q")  # packed txn ids of retired ledger entries...
         self._retired_entries = array("B")  # ...and the ledger's value of each
         self._kept: dict[int, Key] = {}  # packed txn id -> key of an entry the ledger kept
 
     def opened(self, deferral: Any) -> None:
-        deferral.slot = len(self._delays)
-        self._delays.append(math.nan)
+        deferral.slot = self._delays.open()
+
+    def _take(self, delay: float) -> None:
+        self.delay.record(delay)
+        if delay < self._early_below:
+            self._early += 1
 
     def retired(self, deferral: Any) -> None:
         """A `core.runtime.server.Deferral` that can no longer change (or the run ended)."""
@@ -171,30 +199,23 @@ class DeferralTally:
             ledger.resumed(key)
         if record.stale_continues:
             ledger.stale(key)
+        slot = getattr(record, "slot", -1)
         if record.resumed_at is not None:
             delay = record.resumed_at - record.suspended_at
-            slot = getattr(record, "slot", -1)
-            if slot >= 0:
-                self._delays[slot] = delay
-            else:
-                self._delays.append(delay)
+            self._delays.close(slot if slot >= 0 else self._delays.open(), delay)
             self.resumed_by[role or "unknown"] += 1
+        elif slot >= 0:
+            self._delays.close(slot, math.nan)  # never resumed: no delay
         return key
 
-    def delays(self) -> array[float]:
-        """Every resumed deferral's delay (s), in suspend order (doubles, not float objects:
-        a long run's result is built without a Python float per transaction)."""
-        return array("d", [d for d in self._delays if not math.isnan(d)])
+    def finish(self) -> None:
+        """Every record is in (the run ended): the delays still held go into `delay`."""
+        self._delays.flush()
 
-
-def account_deferrals(
-    ledger: Ledger, records: Iterable[DeferralRecord]
-) -> tuple[list[float], Counter[str]]:
-    """Report resumes and stale continues to the ledger; the delays and who resumed."""
-    tally = DeferralTally(ledger)
-    for record in records:
-        tally.add(record)
-    return list(tally.delays()), tally.resumed_by
+    def early_share(self) -> float | None:
+        """Share of the delays shorter than `requested` by more than 1 ns (`early_share` in
+        `harness.measure.metrics`, counted as they came); None when there are none."""
+        return self._early / len(self.delay) if len(self.delay) else None
 
 
 def cpu_figures(window: CpuWindow, idle: CpuWindow | None, sent_in_window: int) -> dict[str, Any]:
@@ -266,25 +287,19 @@ def strategy_entry(
     """
     if not isinstance(uac, UacFigures):
         uac = UacFigures.of(uac, calls_planned)
+    requested = strategy.requested_delay
     if tally is None:
-        tally = DeferralTally(ledger)
+        tally = DeferralTally(ledger, requested=requested)
+    if tally.requested != requested:
+        raise ValueError(f"the tally counted early delays against {tally.requested} s")
     for record in records:
         tally.add(record)
-    delays, resumed_by = tally.delays(), tally.resumed_by
+    tally.finish()
+    delay, resumed_by = tally.delay, tally.resumed_by
     summary = ledger.close()
 
-    delay = Distribution()
-    delay.record_all(delays)
-    e2e = Distribution()
-    sent_in_window = 0
-    window_end = load_start + window.seconds
-    for sent, latency in zip(uac.sent, uac.e2e, strict=True):
-        if sent < window_end:
-            sent_in_window += 1
-        if latency is not None and latency == latency:  # None or NaN: no final response
-            e2e.record(latency)
-
-    requested = strategy.requested_delay
+    e2e = uac.e2e
+    sent_in_window = uac.sent_before(load_start + window.seconds)
     delay_ms = delay.summary()
 
     out = _counters(counters, resumed_by, sources, calls_planned, uac.calls_unfinished)
@@ -298,7 +313,7 @@ def strategy_entry(
         "delay_ms": delay_ms,
         "lateness_ms": lateness_summary(delay_ms, requested * 1e3),
         "e2e_ms": e2e.summary(),
-        "early_share": early_share(delays, requested),
+        "early_share": tally.early_share(),
         "ledger": summary.to_json(),
         "cpu": cpu_figures(window, idle, sent_in_window),
         "counters": out,

@@ -200,6 +200,11 @@ class Ledger:
         else:
             self._highest_cseq[dialog] = cseq
 
+    def dialog_ended(self, dialog: Any) -> None:
+        """The UAS ended `dialog`: no re-INVITE on it reaches the UAS any more, so its
+        highest CSeq is forgotten (a long run keeps no entry per call)."""
+        self._highest_cseq.pop(dialog, None)
+
     def retransmission(self, key: Key) -> None:
         """A retransmitted request the proxy absorbed (not an outcome)."""
         if self._entry(key) is not None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -41,7 +41,7 @@ from core.runtime.kernel import Kernel, run_on_virtual_time, sim_gc
 from core.runtime.server import Server, ServerSettings
 from harness.load.endpoints import Uac, Uas
 from harness.load.network import UAC, UAS, Link, SimHost, SimNetwork, Wire
-from harness.load.spec import LoadSpec, schedule
+from harness.load.spec import CallPlan, LoadSpec, call_plans
 from harness.measure.entry import CpuWindow, DeferralTally, strategy_entry
 from harness.measure.ledger import Ledger
 from harness.targets.base import TargetOptions, refuse
@@ -95,7 +95,7 @@ class SimRun:
     uas: Uas
     network: SimNetwork
     end: float  # virtual time the run stopped
-    calls_planned: int
+    calls_planned: int  # the schedule's calls, counted as they are drawn (all by its end)
     tally: DeferralTally | None = None  # the deferrals streamed as their transactions went
     window: _Window | None = None  # busy time and wake-ups over [0, duration]
     samples: list[int] = field(default_factory=list)  # queue depth every 10 ms
@@ -250,7 +250,7 @@ def _run_loaded(
     keep_records: bool,
     driver: str | None,
 ) -> SimRun:
-    plans = schedule(load, seed) if load.rate > 0 else []
+    plans = call_plans(load, seed) if load.rate > 0 else iter(())
     duration = load.duration
     hard_end = duration + settings.fr_timer + DRAIN_GRACE
     holder: list[SimRun] = []
@@ -266,7 +266,7 @@ def _run_loaded(
             send(message, proxy, destination)
 
         server = Server(kernel, strategy, settings, costs, transport)
-        tally = DeferralTally(ledger, _role_lookup(server))
+        tally = DeferralTally(ledger, _role_lookup(server), strategy.requested_delay)
         if not keep_records:
             server.deferral_sink = tally  # records are accounted as they go, not kept
         # The proxy core never edits what it is handed (it copies before it changes a
@@ -280,22 +280,21 @@ def _run_loaded(
             outbound_proxy=proxy,
             observer=ledger,
             keep_timings=keep_records,
+            keep_calls=keep_records,
+            window_end=duration,  # the load window is [0, duration] on the UAC's clock too
             pause_late=sipp_pause_late(costs, seed) if driver == "sipp" else None,
         )
         uas = Uas(UAS, race_code=load.race_code, observer=ledger)
         uac_host = SimHost(kernel, network, UAC, uac)
         SimHost(kernel, network, UAS, uas)
-        run = SimRun({}, kernel, server, ledger, uac, uas, network, 0.0, len(plans), tally)
+        run = SimRun({}, kernel, server, ledger, uac, uas, network, 0.0, 0, tally)
         holder.append(run)
 
-        def start_call(i: int) -> None:
-            plan = plans[i]
+        def start_call(plan: CallPlan) -> None:
             uac_host.emit(uac.start_call(plan.index, kernel.now, plan.start))
-            if i + 1 < len(plans):
-                kernel.call_at(plans[i + 1].start, start_call, i + 1)
+            run.calls_planned += 1
 
-        if plans:
-            kernel.call_at(plans[0].start, start_call, 0)
+        all_drawn = _play(kernel, plans, start_call)
 
         backlog = strategy.backlog
         socket = server.sip_socket
@@ -312,13 +311,37 @@ def _run_loaded(
         await kernel.run(until=duration)
         run.window = _window_of(server, duration)
         now = duration
-        while now < hard_end and not (uac.active == 0 and len(uac.calls) == len(plans)):
+        while now < hard_end and not (uac.active == 0 and all_drawn()):
             now = min(hard_end, now + _STEP)
             await kernel.run(until=now)
         run.end = kernel.now
+        run.calls_planned += sum(1 for _ in plans)  # calls the run ended before starting
 
     run_on_virtual_time(main)
     return holder[0]
+
+
+def _play(
+    kernel: Kernel, plans: Iterator[CallPlan], start: Callable[[CallPlan], None]
+) -> Callable[[], bool]:
+    """Start each call of `plans` at its time, drawing a call only when the one before it
+    starts (the schedule is never held whole); returns whether every call was drawn."""
+    drawn = [False]
+
+    def start_call(plan: CallPlan) -> None:
+        start(plan)
+        following = next(plans, None)
+        if following is None:
+            drawn[0] = True
+        else:
+            kernel.call_at(following.start, start_call, following)
+
+    first = next(plans, None)
+    if first is None:
+        drawn[0] = True
+    else:
+        kernel.call_at(first.start, start_call, first)
+    return lambda: drawn[0]
 
 
 def _role_lookup(server: Server) -> Any:

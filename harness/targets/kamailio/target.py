@@ -319,7 +319,7 @@ def _result(
         )
     else:
         figures = driven.figures
-        uac = UacFigures(
+        uac = UacFigures.of_reinvites(
             tuple(r.sent for r in figures.reinvites),
             tuple(r.response_time for r in figures.reinvites),
             figures.calls - figures.successful - figures.failed,

@@ -57,7 +57,7 @@ from core.sip import SipParseError, parse_message
 from harness import PROJECT_ROOT
 from harness.load.endpoints import Uac, Uas
 from harness.load.network import Endpoint, EndpointHost
-from harness.load.spec import LoadSpec, schedule
+from harness.load.spec import CallPlan, LoadSpec, call_plans
 from harness.measure.entry import CpuWindow, DeferralRecord, strategy_entry
 from harness.measure.ledger import Ledger
 from harness.targets.base import TargetError, TargetOptions, check_driver_rate, refuse
@@ -300,7 +300,7 @@ async def drive(
     target's `ServeProcess` or the kamailio target's `KamailioProcess`, anything with
     `wait_ready()` and `snapshot()`): idle window, load, drain; the run into `holder`."""
     proxy = await serve.wait_ready()
-    plans = schedule(load, seed) if load.rate > 0 else []
+    plans = call_plans(load, seed) if load.rate > 0 else iter(())
     kernel = Kernel(live=True)
     with contextlib.ExitStack() as sockets:
         uac_socket = UdpSocket()
@@ -319,19 +319,26 @@ async def drive(
         uas = Uas(uas_socket.address, race_code=load.race_code, observer=ledger)
         uac_host = UdpHost(kernel, uac_socket, uac)
         uas_host = UdpHost(kernel, uas_socket, uas)
-        run = LiveRun({}, ledger, uac, uas, {}, len(plans))
+        run = LiveRun({}, ledger, uac, uas, {}, 0)
         holder.append(run)
+        drawn = [False]  # every call of the schedule has been drawn
 
-        def start_call(i: int, origin: float) -> None:
-            plan = plans[i]
+        def start_call(plan: CallPlan, origin: float) -> None:
             uac_host.emit(uac.start_call(plan.index, kernel.now, origin + plan.start))
-            if i + 1 < len(plans):
-                kernel.call_at(origin + plans[i + 1].start, start_call, i + 1, origin)
+            run.calls_planned += 1
+            following = next(plans, None)
+            if following is None:
+                drawn[0] = True
+            else:
+                kernel.call_at(origin + following.start, start_call, following, origin)
 
         def begin() -> None:
             run.load_start = kernel.now
-            if plans:
-                kernel.call_at(run.load_start + plans[0].start, start_call, 0, run.load_start)
+            first = next(plans, None)
+            if first is None:
+                drawn[0] = True
+            else:
+                kernel.call_at(run.load_start + first.start, start_call, first, run.load_start)
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(kernel.run)
@@ -344,17 +351,16 @@ async def drive(
             await anyio.sleep(load.duration)
             await serve.snapshot()  # load window closes
             hard_end = anyio.current_time() + settings.fr_timer + DRAIN_GRACE
-            while anyio.current_time() < hard_end and not (
-                uac.active == 0 and len(uac.calls) == len(plans)
-            ):
+            while anyio.current_time() < hard_end and not (uac.active == 0 and drawn[0]):
                 await anyio.sleep(_POLL * 5)
             tasks.cancel_scope.cancel()
+        run.calls_planned += sum(1 for _ in plans)  # calls the run ended before starting
         run.counters = {
             **{f"uac socket: {k}": v for k, v in uac_socket.counters.items()},
             **{f"uas socket: {k}": v for k, v in uas_socket.counters.items()},
             **{f"uac host: {k}": v for k, v in uac_host.counters.items()},
             **{f"uas host: {k}": v for k, v in uas_host.counters.items()},
-            "uac: calls refused 503": sum(1 for call in uac.calls if call.invite_status == 503),
+            "uac: calls refused 503": uac.invite_statuses[503],
         }
 
 
