@@ -294,3 +294,47 @@ def test_a_reader_drains_a_burst_in_arrival_order_on_the_real_clock(backend: str
     anyio.run(main, backend=backend)
     assert [data for data, _ in got] == [b"datagram %02d" % i for i in range(20)]
     assert all(0.0 <= at < 5.0 for _, at in got)
+
+
+def test_steps_cost_less_under_load_down_to_the_ceiling_price_and_idle_price_below_the_floor():
+    """`load_exponent`: a step's price falls as (load / floor)^−β with the cores' recent
+    busy share, is its idle price below the floor and stops falling at the ceiling."""
+    kernel = Kernel()
+    cpu = CpuPool(kernel, 2)
+    cpu.load_exponent, cpu.load_floor, cpu.load_ceiling = 0.5, 0.01, 0.16
+    # idle cores: the first step costs its price (and counts towards the load)
+    assert cpu.at_load(100e-6, 0.0) == 100e-6
+    # a steady 8 % of both cores for 5 s (20 load windows): 16 ms of work per 100 ms
+    price = 1e-3
+    t = 0.0
+    for _ in range(50):
+        t += 0.1
+        paid = [cpu.at_load(price, t) for _ in range(16)]
+    load = cpu._load
+    assert 0.03 < load < 0.16  # what was paid, not what was asked, builds the load
+    seen = load - paid[-1] / (0.25 * 2)  # the load the last step found
+    assert seen > 0.01
+    assert paid[-1] == pytest.approx(price * (seen / 0.01) ** -0.5)
+    # far above the ceiling the price is the ceiling's
+    cpu._load = 0.9
+    assert cpu.at_load(price, t) == pytest.approx(price * (0.16 / 0.01) ** -0.5)
+    # after a quiet second the load has decayed below the floor: the idle price again
+    assert cpu.at_load(price, t + 2.0) == price
+
+
+def test_a_process_pays_the_loaded_price_and_accounts_it_as_busy_time():
+    async def main() -> None:
+        kernel = Kernel()
+        cpu = CpuPool(kernel, 1)
+        cpu.load_exponent, cpu.load_floor, cpu.load_ceiling = 1.0, 0.01, 0.04
+        cpu._load = 0.5  # busy lately: above the ceiling, so the price is × 1/4
+        proc = Process(kernel, cpu, "test", "p")
+
+        def program():
+            yield Compute(0.004)
+
+        proc.start(program())
+        await kernel.run(until=1.0)
+        assert proc.busy == pytest.approx(0.001)
+
+    run_on_virtual_time(main)

@@ -31,6 +31,15 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
   and a low tail that decides how long the unluckiest re-INVITEs wait), else uniformly
   from late ± jitter. `calibrate` measures them from SIPp's answer and send stamps and
   Kamailio's suspend times.
+- `load_exponent`, `load_floor`: none by default. On this box Kamailio's CPU per
+  re-INVITE falls with the load, alike for every strategy (`inline`: ≈550 µs at 50
+  re-INVITEs/s, ≈340 at 200, ≈207 at 1,000; the work per message is the same): a busy
+  machine keeps its caches, clock and idle states warm. So a step costs its idle price ×
+  (min(u, `load_ceiling`) / `load_floor`)^−`load_exponent` once the cores' recent busy
+  share u (`core.runtime.process.CpuPool.at_load`) exceeds `load_floor` (a share, at least
+  the idle one: idle timer passes cost what they were measured at). `calibrate` fits the
+  exponent to how Kamailio's CPU per re-INVITE falls with its load at the fit rates; the
+  ceiling is the busiest load measured there (the price is not extrapolated beyond it).
 - request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
   share of the call's other messages (≈ 7 messages in and out): ≈ 40 µs per request
   received and routed, 30 µs per response.
@@ -79,6 +88,9 @@ class CostProfile:
     wakeup_tail: float = 0.0  # mean stall of the cores under traffic (a delayed wake-up's mean)
     wakeup_tail_share: float = 0.0  # share of the time stalled (of wake-ups delayed), ≤ 0.95
     wakeup_tail_common: float = 1.0  # share of wake-ups that meet the stalls common to all
+    load_exponent: float = 0.0  # a step costs × (load / load_floor)^−this above the floor
+    load_floor: float = 0.01  # busy share of all the cores below which steps cost their price
+    load_ceiling: float = 1.0  # ... and above which they cost what they cost at it
     driver_pause_late: float = 0.0  # SIPp driver: how late a scenario <pause> ends (median)
     driver_pause_late_jitter: float = 0.0  # ... drawn uniformly from late ± jitter
     # ... or, when given, drawn from this measured distribution instead: its quantiles at

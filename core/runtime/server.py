@@ -138,6 +138,9 @@ class Server:
         self.transport: Transport = transport or (lambda message, destination: None)
         self.random = random.Random(self.settings.seed)
         self.cpu = CpuPool(kernel, self.settings.cores)
+        self.cpu.load_exponent = self.costs.load_exponent
+        self.cpu.load_floor = max(1e-6, self.costs.load_floor)
+        self.cpu.load_ceiling = max(self.cpu.load_floor, self.costs.load_ceiling)
         self.proxy = Proxy(
             ProxyConfig(
                 address=self.settings.address,

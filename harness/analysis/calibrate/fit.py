@@ -2,7 +2,8 @@
 
 Timer passes and the sleep overshoot ε from the idle timer roles (`fit_timer`) and traced
 rtimer phases (`fit_phases`); message costs and t_suspend + t_continue from marginal CPU per
-re-INVITE (`fit_scale`, `fit_deferral`); the wake-up tail from delay excesses
+re-INVITE (`fit_scale`, `fit_deferral`) at the idle price, how it falls with the load (`fit_load`);
+the wake-up tail from delay excesses
 (`fit_wakeup_tail`); how late SIPp ends its pauses (`fit_pause_late`); all of them gathered
 into one profile (`fitted_profile`, `fit_from_runs`).
 
@@ -317,15 +318,22 @@ def fit_from_runs(
     sim: Figures,
     base: CostProfile,
     phases: Sequence[tuple[PhaseFit, float]] = (),
+    cores: int = 2,
 ) -> tuple[CostProfile, list[str], list[TimerFit]]:
     """The fitted profile from Kamailio's idle runs and the figures of Kamailio's points
-    and of the sim's with `base` (same loads)."""
+    and of the sim's with `base` (same loads), on a machine of `cores` cores."""
     fits = timer_fits(specs, kam_idle)
     message_scale = deferral = None
+    load = fit_load(specs, rates, kam, cores)
     if "inline" in specs:
-        message_scale, deferral = _message_and_deferral(specs, rates, kam, sim, base)
+        message_scale, deferral = _message_and_deferral(specs, rates, kam, sim, base, load, cores)
     tails = _wakeup_tails(specs, rates, kam, sim)
     profile, notes = fitted_profile(base, fits, message_scale, deferral, phases, tails)
+    if load is not None:
+        profile = profile.with_values(
+            load_exponent=load.exponent, load_floor=load.floor, load_ceiling=load.ceiling
+        )
+        notes.append(load.note())
     if "inline" not in specs:
         notes.append("message and suspend/continue costs not fitted: inline was not run")
     return profile, notes, fits
@@ -352,16 +360,85 @@ def timer_fits(
     return fits
 
 
+@dataclass(frozen=True, slots=True)
+class LoadFit:
+    """How Kamailio's CPU per re-INVITE falls with its load (`CostProfile.load_exponent`)."""
+
+    exponent: float
+    floor: float  # busy share of the cores: the idle load, below which steps cost their price
+    ceiling: float  # the busiest load fitted: no cheaper above it
+    slopes: tuple[float, ...]  # each strategy's own exponent
+
+    def factor(self, load: float | None) -> float:
+        """What a step costs at `load` (busy share of the cores) per µs it costs at idle."""
+        if load is None or load <= self.floor:
+            return 1.0
+        return (min(load, self.ceiling) / self.floor) ** -self.exponent
+
+    def note(self) -> str:
+        low, high = min(self.slopes), max(self.slopes)
+        return (
+            f"load_exponent = {self.exponent:.3f} from load_floor = {self.floor:.2%} to "
+            f"load_ceiling = {self.ceiling:.2%} of the cores: CPU per re-INVITE ∝ "
+            f"load^−exponent, median over {len(self.slopes)} "
+            f"strategies ({low:.2f}–{high:.2f}) of the slope of Kamailio's marginal CPU per "
+            f"re-INVITE against its busy share at the fit rates; the floor is its busiest idle, "
+            "the ceiling its busiest point"
+        )
+
+
+def fit_load(specs: Sequence[str], rates: Sequence[float], kam: Figures,
+             cores: int) -> LoadFit | None:  # fmt: skip
+    """`LoadFit` from Kamailio's points: per strategy, the least-squares slope of log
+    marginal CPU per re-INVITE against log busy share (of `cores`) over the fit `rates`
+    (at least two); the median slope, within [0, 1]. None without a strategy to fit."""
+    idle = [f["idle_cpu_pct_core"] for f in kam.values() if f.get("idle_cpu_pct_core")]
+    if not idle:
+        return None
+    floor = max(idle) / 100 / cores
+    slopes, loads = [], []
+    for spec in specs:
+        xy = []
+        for r in rates:
+            f = kam.get((spec, r))
+            if f is None or not f["marginal_us_per_reinvite"] or not f["load_cpu_pct_core"]:
+                continue
+            if f["marginal_us_per_reinvite"] <= 0:
+                continue
+            load = max(f["load_cpu_pct_core"] / 100 / cores, floor)
+            loads.append(load)
+            xy.append((math.log(load), math.log(f["marginal_us_per_reinvite"])))
+        if len(xy) < 2 or len({x for x, _ in xy}) < 2:
+            continue
+        mx, my = statistics.fmean(x for x, _ in xy), statistics.fmean(y for _, y in xy)
+        slope = sum((x - mx) * (y - my) for x, y in xy) / sum((x - mx) ** 2 for x, _ in xy)
+        slopes.append(-slope)
+    if not slopes:
+        return None
+    exponent = min(1.0, max(0.0, statistics.median(slopes)))
+    return LoadFit(exponent, floor, max(loads), tuple(slopes))
+
+
 def _message_and_deferral(
-    specs: Sequence[str], rates: Sequence[float], kam: Figures, sim: Figures, base: CostProfile
-) -> tuple[float | None, float | None]:
+    specs: Sequence[str], rates: Sequence[float], kam: Figures, sim: Figures,
+    base: CostProfile, load: LoadFit | None = None, cores: int = 2,
+) -> tuple[float | None, float | None]:  # fmt: skip
     """The message cost scale from inline's points and t_suspend + t_continue from the
-    deferring strategies' (`fit_scale`, `fit_deferral`); inline must have run."""
+    deferring strategies' (`fit_scale`, `fit_deferral`); inline must have run. With `load`,
+    Kamailio's figures are first brought back to their idle price (the sim's with `base`
+    are: it has no load discount)."""
 
     def marg(figs: Figures, spec: str, rate: float) -> float | None:
         return figs[spec, rate]["marginal_us_per_reinvite"]
 
-    pairs = [(marg(kam, "inline", r), marg(sim, "inline", r)) for r in rates]
+    def idle_price(spec: str, rate: float) -> float | None:
+        value = marg(kam, spec, rate)
+        if value is None or load is None:
+            return value
+        share = kam[spec, rate]["load_cpu_pct_core"]
+        return value / load.factor(None if share is None else share / 100 / cores)
+
+    pairs = [(idle_price("inline", r), marg(sim, "inline", r)) for r in rates]
     pairs = [(k, s) for k, s in pairs if k is not None and s is not None]
     message_scale = fit_scale([k for k, _ in pairs], [s for _, s in pairs])
     kx, sx = [], []
@@ -369,7 +446,7 @@ def _message_and_deferral(
         if strategies.parse_spec(spec).name in ("inline", "blocking-sleep"):
             continue  # blocking-sleep neither suspends nor continues
         for r in rates:
-            values = (marg(kam, spec, r), marg(kam, "inline", r),
+            values = (idle_price(spec, r), idle_price("inline", r),
                       marg(sim, spec, r), marg(sim, "inline", r))  # fmt: skip
             if None in values:
                 continue

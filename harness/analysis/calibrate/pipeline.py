@@ -70,7 +70,7 @@ def calibrate(
     cores = settings.cores
     kam_figs, sim_figs = point_figures(kam, kam_idle, 1), point_figures(sim, sim_idle, cores)
     fitted, notes, fits = fit_from_runs(specs, fitting, kam_idle, kam_figs, sim_figs, base,
-                                        phases)  # fmt: skip
+                                        phases, cores)  # fmt: skip
     fitted, note = _with_pause_late(fitted, late, fitting)
     notes.append(note)
     fit_idle, fit = sim_points(specs, loads, duration, seed, settings, fitted, "fitted",

@@ -389,6 +389,8 @@ def profile_toml(profile: CostProfile, header: Sequence[str]) -> str:
     for name, value in asdict(profile).items():
         if isinstance(value, tuple):
             lines.append(f"{name} = [{', '.join(f'{v:.1f}' for v in value)}]")
+        elif 0 < value < 1:  # shares and small costs: the digits the fit has
+            lines.append(f"{name} = {value:.6g}")
         else:
             lines.append(f"{name} = {value:.3f}")
     return "\n".join(lines) + "\n"
