@@ -306,6 +306,63 @@ def test_calibrate_two_strategies_writes_a_loadable_profile_and_prints_the_table
     inline = next(v for k, v in ladder.items() if k == "inline")
     assert inline["kamailio"] == inline["sim"] == 400.0, inline["steps"]
     assert {s["reinvite_rate"] for v in ladder.values() for s in v["steps"]} == {400.0}
+    # Kamailio's runs were kept: a refit (no Kamailio) fits and judges the same, exactly
+    again = tmp_path / "refit"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "calibrate", "--refit", str(out),
+         "--out", str(again), "--quiet"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert CostProfile.load(again / "profile.toml") == profile
+    redone = json.loads((again / "calibration.json").read_text())
+
+    def judged(points: list[dict]) -> list[dict]:  # all but the sim runs' wall time
+        return [{**p, "entries": {**p["entries"], "sim": None}} for p in points]
+
+    assert judged(redone["points"]) == judged(document["points"])
+    assert [p["entries"]["sim"][0]["ledger"] for p in redone["points"]] == [
+        p["entries"]["sim"][0]["ledger"] for p in document["points"]
+    ]
+    assert redone["capacity_ladder"] == document["capacity_ladder"]
+    assert (again / "kamailio.json").read_bytes() == (out / "kamailio.json").read_bytes()
+
+
+def test_a_kept_kamailio_side_reads_back_as_it_was_written(tmp_path):
+    from core.runtime.server import ServerSettings
+
+    phase = cal.PhaseFit("rtimer", 2, (40.0,), (10_100.0, 10_102.0), (-3.0, 3.0))
+    side = cal.KamailioSide(
+        ["inline"], [50.0, 200.0], 3.0, 7, ServerSettings(children=4, cores=2, fr_timer=5.0),
+        2, {("inline", 50.0): [_entry("inline", 50.0, 500.0, 0, 0)] * 2},
+        {"inline": [_idle(16.0)] * 2}, [(phase, 0.01)], {50.0: [0.000125, 0.002]},
+        [500.0], {("inline", 500.0): [_entry("inline", 500.0, 300.0, 0, 0)]},
+    )  # fmt: skip
+    cal.save_side(side, tmp_path)
+    assert cal.load_side(tmp_path) == side
+
+
+@pytest.mark.parametrize(
+    "text", ["", "{", '{"schema": "deferbench.kamailio-side/1"}', '{"schema": "other"}', "[]"]
+)
+def test_refit_refuses_a_corrupt_kept_side_in_one_line(tmp_path, text):
+    (tmp_path / "kamailio.json").write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "calibrate", "--refit", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "kamailio.json" in proc.stderr
+
+
+def test_refit_refuses_flags_that_would_change_how_kamailio_was_measured(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "calibrate", "--refit", str(tmp_path),
+         "--children", "8", "--strategy", "inline"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "drop --strategy, --children" in proc.stderr
 
 
 def test_calibrate_refuses_a_bad_capacity_ladder_in_one_line():

@@ -13,12 +13,17 @@ import shutil
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import strategies
 from harness.cli.common import UsageError, add_server_flags, rate_list, server_settings
 from harness.profile import ADOPTED, BUILT_IN, sim_profile
 from harness.targets import TargetError
 from strategies.spec import parse_duration
+
+if TYPE_CHECKING:
+    from core.runtime.server import ServerSettings
+    from harness.analysis.calibrate.measured import KamailioSide
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(and the idle runs) only, re-runs the sim with it and prints both side by side with "
         "PASS/MISS against the fidelity bounds; the summary counts the held-out rates only "
         "(the sim's predictions; fit cells are shown, not counted). Writes profile.toml "
-        "(for --costs) and calibration.json under "
+        "(for --costs), calibration.json and Kamailio's runs (kamailio.json, for --refit) under "
         "results/calibration/<stamp>/ unless --out is given; --adopt also makes the fitted "
         "profile the sim's default (results/calibration/profile.toml).",
     )
@@ -73,46 +78,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "500,...,3000; none: judge capacity over --rates only)",
     )  # fmt: skip
     p_cal.add_argument(
+        "--refit", metavar="DIR",
+        help="no Kamailio: fit and judge the current sim against the Kamailio runs an "
+        "earlier calibrate kept in DIR (its kamailio.json), with the strategies, rates, "
+        "duration, seed, repeats and server settings they ran with",
+    )  # fmt: skip
+    p_cal.add_argument(
         "--adopt", action="store_true",
         help="make the fitted profile the sim's default (results/calibration/profile.toml)",
     )  # fmt: skip
     add_server_flags(p_cal)
     p_cal.set_defaults(handler=cmd, fr_timer="5s")
+    p_cal.set_defaults(measured_with={name: p_cal.get_default(name) for name in MEASURING_FLAGS})
 
 
 def cmd(args: argparse.Namespace) -> int:
     from harness.analysis import calibrate as cal
     from harness.runner import local_executor, stop_pool
 
-    settings = server_settings(args)
     base = sim_profile(args.costs or BUILT_IN)[0]  # fits start from the hand-derived costs
-    rates = rate_list(args.rates, "--rates")
+    side = _kept_side(args) if args.refit else None
+    rates = side.rates if side else rate_list(args.rates, "--rates")
     asked = rate_list(args.fit_rates, "--fit-rates") if args.fit_rates else None
     try:
         fit_rates = cal.fit_rates_of(rates, asked)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    try:
-        duration = parse_duration(args.duration)
-    except ValueError as exc:
-        raise UsageError(f"calibrate: {exc}") from None
-    if args.repeat < 1:
-        raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
-    ladder = _capacity_rates(args.capacity_rates)
-    _need_sipp()
-    if not duration > 0:
-        raise UsageError(f"--duration must be > 0, got {args.duration!r}")
-    specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
+    if side is None:
+        settings, duration, ladder = _measuring_flags(args)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "calibration" / stamp
     command = ["deferbench", *args.argv]
     executor = local_executor(args.jobs)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
-        result = cal.calibrate(
-            specs, rates, duration, args.seed, settings, base, fit_rates=fit_rates,
-            repeat=args.repeat, capacity_rates=ladder, executor=executor, progress=say,
-        )  # fmt: skip
+        if side is not None:
+            cal.save_side(side, out)  # the new directory holds the runs it was judged on
+            result = cal.refit(side, base, fit_rates=fit_rates, executor=executor,
+                               progress=say)  # fmt: skip
+        else:
+            specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
+            result = cal.calibrate(
+                specs, rates, duration, args.seed, settings, base, fit_rates=fit_rates,
+                repeat=args.repeat, capacity_rates=ladder, executor=executor, progress=say,
+                keep=lambda kept: cal.save_side(kept, out),
+            )  # fmt: skip
     except TargetError as exc:
         raise UsageError(f"kamailio target: {exc}") from None
     except BaseException:
@@ -140,6 +150,43 @@ def cmd(args: argparse.Namespace) -> int:
     else:
         print(f"use it: deferbench run --costs {profile} (or calibrate --adopt: the default)")
     return 0
+
+
+def _measuring_flags(args: argparse.Namespace) -> tuple[ServerSettings, float, list[float]]:
+    """What a measuring run needs checked before Kamailio starts: (server settings, each
+    run's duration, the capacity ladder); SIPp must be installed."""
+    settings = server_settings(args)
+    try:
+        duration = parse_duration(args.duration)
+    except ValueError as exc:
+        raise UsageError(f"calibrate: {exc}") from None
+    if args.repeat < 1:
+        raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
+    ladder = _capacity_rates(args.capacity_rates)
+    _need_sipp()
+    if not duration > 0:
+        raise UsageError(f"--duration must be > 0, got {args.duration!r}")
+    return settings, duration, ladder
+
+
+MEASURING_FLAGS = ("strategy", "rates", "duration", "seed", "repeat", "capacity_rates",
+                   "children", "cores", "fr_timer")  # fmt: skip
+"""What Kamailio's runs were measured with: a refit takes them from the kept runs."""
+
+
+def _kept_side(args: argparse.Namespace) -> KamailioSide:
+    """`--refit DIR`'s kept Kamailio side; a flag that would change how it was measured is
+    refused (it cannot apply to runs already made)."""
+    from harness.analysis import calibrate as cal
+
+    given = [f"--{name.replace('_', '-')}" for name in MEASURING_FLAGS
+             if getattr(args, name) != args.measured_with[name]]  # fmt: skip
+    if given:
+        raise UsageError(f"--refit uses the kept runs' own settings: drop {', '.join(given)}")
+    try:
+        return cal.load_side(Path(args.refit))
+    except cal.MeasuredError as exc:
+        raise UsageError(f"--refit: {exc}") from None
 
 
 def _capacity_rates(text: str) -> list[float]:

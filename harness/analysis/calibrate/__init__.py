@@ -46,10 +46,14 @@ median of each repeat's. Capacity is saturation (ledger losses,
 CPU is compared like with like: µs per re-INVITE, and shares of ONE core (Kamailio's are
 of one core; the sim's of `cores`, so × cores).
 
+Kamailio's side is kept (`kamailio.json` beside the profile): `refit` fits and judges the
+current sim against it without Kamailio (`calibrate --refit DIR`).
+
 The package is split by concept, each module importing only the ones below it: `fit`
 (the arithmetic; imports none of the others), `runs` (Kamailio's side, the sim's, the
-capacity ladder; imports `fit`), `report` (figures, verdicts, table, summary, files;
-imports `fit`) and `pipeline` (`calibrate`, the order of the steps; imports all three).
+capacity ladder; imports `fit`), `measured` (Kamailio's side kept on disk; imports `fit`
+and `runs`), `report` (figures, verdicts, table, summary, files; imports `fit`) and
+`pipeline` (`calibrate`, `refit`, the order of the steps; imports all four).
 This `__init__` only re-exports their public names (`cal.calibrate`, `cal.write`,
 `cal.table`, `cal.summary`, ...) and must hold no logic of its own.
 
@@ -80,7 +84,10 @@ from harness.analysis.calibrate.fit import (
     marginal_us,
     pause_late_quantiles,
 )
-from harness.analysis.calibrate.pipeline import calibrate
+from harness.analysis.calibrate.measured import KamailioSide, MeasuredError
+from harness.analysis.calibrate.measured import load as load_side
+from harness.analysis.calibrate.measured import save as save_side
+from harness.analysis.calibrate.pipeline import calibrate, refit
 from harness.analysis.calibrate.report import (
     FIT,
     HELD_OUT,
@@ -133,12 +140,17 @@ __all__ = [
     "TIMER_COSTS",
     "WITHIN_SPREAD",
     "Calibration",
+    "KamailioSide",
+    "MeasuredError",
     "Check",
     "PhaseFit",
     "Progress",
     "Runs",
     "TimerFit",
     "calibrate",
+    "refit",
+    "load_side",
+    "save_side",
     "capacities",
     "capacity_failure",
     "capacity_ladder",

@@ -1,13 +1,15 @@
 """Calibration, the orchestration: `calibrate` runs, fits and judges in order.
 
-Each step is one call into the runs, the fitting or the report module; the order (and so
-which runs see which profile) lives here, the work does not: this module must not measure,
-fit or format anything itself, and it changes no adopted profile (`--adopt` in the CLI does).
+Each step is one call into the runs, the fitting or the report module: `calibrate`
+measures Kamailio's side, then `refit` does the sim's part from it (also alone, from a
+kept side: `calibrate --refit`). The order (and so which runs see which profile) lives
+here, the work does not: this module must not measure, fit or format anything itself, and
+it changes no adopted profile (`--adopt` in the CLI does).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -21,6 +23,7 @@ from harness.analysis.calibrate.fit import (
     fit_rates_of,
     pause_late_quantiles,
 )
+from harness.analysis.calibrate.measured import KamailioSide
 from harness.analysis.calibrate.report import Calibration, judged_points, point_figures
 from harness.analysis.calibrate.runs import (
     Lateness,
@@ -29,6 +32,7 @@ from harness.analysis.calibrate.runs import (
     capacities,
     capacity_ladder,
     capacity_why,
+    kamailio_ladder,
     kamailio_points,
     load_for,
     sim_points,
@@ -48,6 +52,7 @@ def calibrate(
     capacity_rates: Sequence[float] = (),
     executor: Executor | None = None,
     progress: Progress | None = None,
+    keep: Callable[[KamailioSide], None] | None = None,
 ) -> Calibration:
     """Run both sides, fit, re-run the sim with the fit; see the package docstring.
 
@@ -56,32 +61,60 @@ def calibrate(
     and highest of `rates`, `fit_rates_of`) and the idle runs, never a run at a held-out
     rate; judged figures are medians, and only the held-out points count in the summary.
     `capacity_rates`: the capacity ladder, SIPp-driven on Kamailio (`capacity_ladder`);
-    without it capacity is judged over `rates` alone.
+    without it capacity is judged over `rates` alone. `keep` gets Kamailio's side as soon
+    as it is measured (to save it before the sim's part runs).
     """
     say = progress or (lambda _line: None)
     specs = [strategies.parse_spec(s).spec for s in specs]
     rates = sorted(rates)
-    fitting = fit_rates_of(rates, fit_rates)  # ValueError before anything runs
+    fit_rates_of(rates, fit_rates)  # ValueError before anything runs
     loads = {rate: load_for(rate, duration).spec for rate in rates}
     kam, kam_idle, phases, late = kamailio_points(specs, loads, duration, seed, settings,
                                                   repeat, say)  # fmt: skip
+    ladder_rates = sorted(capacity_rates)
+    ladder = kamailio_ladder(specs, ladder_rates, duration, seed, settings, say) if (
+        ladder_rates) else {}  # fmt: skip
+    side = KamailioSide(specs, list(rates), duration, seed, settings, repeat, kam, kam_idle,
+                        phases, late, ladder_rates, ladder)  # fmt: skip
+    if keep is not None:
+        keep(side)
+    return refit(side, base, fit_rates=fit_rates, executor=executor, progress=progress)
+
+
+def refit(
+    side: KamailioSide,
+    base: CostProfile,
+    *,
+    fit_rates: Sequence[float] | None = None,
+    executor: Executor | None = None,
+    progress: Progress | None = None,
+) -> Calibration:
+    """Fit `base` to Kamailio's measured `side` and judge the sim against it: the sim's
+    part of `calibrate` (the fits, the sim runs with the starting and fitted profiles, the
+    verdicts), which needs no Kamailio."""
+    say = progress or (lambda _line: None)
+    specs, rates, duration, seed = side.specs, side.rates, side.duration, side.seed
+    settings = side.settings
+    fitting = fit_rates_of(rates, fit_rates)
+    loads = {rate: load_for(rate, duration).spec for rate in rates}
+    kam, kam_idle = side.runs, side.idle
     sim_idle, sim = sim_points(specs, loads, duration, seed, settings, base, "starting",
                                executor, say)  # fmt: skip
     cores = settings.cores
     kam_figs, sim_figs = point_figures(kam, kam_idle, 1), point_figures(sim, sim_idle, cores)
     fitted, notes, fits = fit_from_runs(specs, fitting, kam_idle, kam_figs, sim_figs, base,
-                                        phases, cores)  # fmt: skip
-    fitted, note = _with_pause_late(fitted, late, fitting)
+                                        side.phases, cores)  # fmt: skip
+    fitted, note = _with_pause_late(fitted, side.late, fitting)
     notes.append(note)
     fit_idle, fit = sim_points(specs, loads, duration, seed, settings, fitted, "fitted",
                                executor, say)  # fmt: skip
 
     result = Calibration(specs, list(rates), duration, seed, cores, base, fitted, notes, fits,
-                         repeat, [f for f, _ in phases])  # fmt: skip
+                         side.repeat, [f for f, _ in side.phases])  # fmt: skip
     profiles = {"sim": fitted, "sim_starting": base}
     result.ladder, caps, highest, why = _capacities(
-        specs, rates, capacity_rates, {"kamailio": kam, "sim": fit, "sim_starting": sim},
-        profiles, duration, seed, settings, executor, say,
+        specs, rates, side, {"kamailio": kam, "sim": fit, "sim_starting": sim},
+        profiles, executor, say,
     )  # fmt: skip
     figs = {"kamailio": kam_figs, "sim": point_figures(fit, fit_idle, cores),
             "sim_starting": sim_figs}  # fmt: skip
@@ -118,25 +151,26 @@ def _with_pause_late(
 
 
 def _capacities(
-    specs: Sequence[str], rates: Sequence[float], capacity_rates: Sequence[float],
-    runs: Mapping[str, Runs], profiles: Mapping[str, CostProfile], duration: float, seed: int,
-    settings: ServerSettings, executor: Executor | None, say: Progress,
+    specs: Sequence[str], rates: Sequence[float], side: KamailioSide,
+    runs: Mapping[str, Runs], profiles: Mapping[str, CostProfile], executor: Executor | None,
+    say: Progress,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float | None]], float,
            dict[str, str]]:  # fmt: skip
     """What capacity is judged by: (the ladder's document, side -> strategy -> capacity,
     the highest rate tested, strategy -> why each side first failed).
 
-    With `capacity_rates` the SIPp-driven ladder runs (Kamailio, then the sim with each of
-    `profiles`); without, capacity comes from the calibration `runs` over `rates`.
+    With a capacity ladder measured on Kamailio (`side.ladder`) the sim climbs the same
+    rungs with each of `profiles`; without, capacity comes from the calibration `runs`
+    over `rates`.
     """
-    if not capacity_rates:
-        caps = {side: capacities(specs, rates, runs[side])
-                for side in ("kamailio", "sim", "sim_starting")}  # fmt: skip
+    if not side.capacity_rates:
+        caps = {name: capacities(specs, rates, runs[name])
+                for name in ("kamailio", "sim", "sim_starting")}  # fmt: skip
         why = {s: capacity_why(s, rates, runs["kamailio"], runs["sim"]) for s in specs}
         return {}, caps, rates[-1], why
-    ladder_rates = sorted(capacity_rates)
-    ladder = capacity_ladder(specs, ladder_rates, duration, seed, settings, profiles, executor,
-                             say)  # fmt: skip
-    caps = {side: {spec: ladder[spec][side] for spec in specs}
-            for side in ("kamailio", *profiles)}  # fmt: skip
+    ladder_rates = side.capacity_rates
+    ladder = capacity_ladder(specs, ladder_rates, side.ladder, side.duration, side.seed,
+                             side.settings, profiles, executor, say)  # fmt: skip
+    caps = {name: {spec: ladder[spec][name] for spec in specs}
+            for name in ("kamailio", *profiles)}  # fmt: skip
     return ladder, caps, ladder_rates[-1], {spec: ladder[spec]["why"] for spec in specs}

@@ -2,8 +2,8 @@
 
 Kamailio's side (`kamailio_points`: idle and loaded runs, with traced rtimer phases and
 how late SIPp ended its pauses), the sim's with a given profile (`sim_points`; the sim
-stands in for SIPp too: `--driver sipp`), and the capacity ladder (`capacity_ladder`,
-`capacities`, `capacity_failure`).
+stands in for SIPp too: `--driver sipp`), and the capacity ladder (Kamailio's rungs
+`kamailio_ladder`, then both sides' `capacity_ladder`, `capacities`, `capacity_failure`).
 
 It runs Kamailio one job at a time (it measures real CPU); only sim runs go to the
 executor. It must not fit costs (beyond reading traced phases with `fit_phases`) nor judge
@@ -190,9 +190,32 @@ def _sims(
     return list(executor.map(_sim_entry, *zip(*args, strict=True)))
 
 
+def kamailio_ladder(
+    specs: Sequence[str], rates: Sequence[float], duration: float, seed: int,
+    settings: ServerSettings, say: Progress,
+) -> Runs:  # fmt: skip
+    """The capacity ladder on Kamailio, SIPp-driven (the Python endpoints cannot offer these
+    rates): per strategy it climbs `rates` and stops at its first failing rate (nothing
+    above it counts); (spec, rate) -> [entry] for the rungs it ran."""
+    from harness.targets.kamailio.target import KamailioTarget
+
+    kamailio = KamailioTarget(driver="sipp", idle_window=IDLE_WINDOW)
+    kam: Runs = {}
+    for spec in specs:
+        for rate in rates:
+            say(f"kamailio {spec}: capacity {rate:g} re-INVITEs/s (SIPp) for {duration:g}s")
+            load = parse_load(capacity_load(rate, duration).spec)
+            entry = kamailio.run(spec, load, seed, settings)
+            kam[spec, rate] = [entry]
+            if capacity_failure(entry):
+                break
+    return kam
+
+
 def capacity_ladder(
     specs: Sequence[str],
     rates: Sequence[float],
+    kam: Runs,
     duration: float,
     seed: int,
     settings: ServerSettings,
@@ -200,26 +223,14 @@ def capacity_ladder(
     executor: Executor | None,
     say: Progress,
 ) -> dict[str, dict[str, Any]]:
-    """Per strategy: the highest clean rate of the ladder on Kamailio (SIPp-driven, the
-    Python endpoints cannot offer these rates) and on the sim with each of `profiles`
-    (label -> profile; "sim" is the one judged), the same loads.
+    """Per strategy: the highest clean rate of the ladder on Kamailio (its rungs `kam`,
+    `kamailio_ladder`) and on the sim with each of `profiles` (label -> profile; "sim" is
+    the one judged), the same loads; the sim runs every rate.
 
-    Kamailio stops climbing at its first failing rate (nothing above it counts); the sim
-    runs every rate. Per strategy: {"kamailio": capacity or None, label: capacity or None,
+    Per strategy: {"kamailio": capacity or None, label: capacity or None,
     "steps": what failed at each rate, "why": the first failure of Kamailio and "sim"}.
     """
-    from harness.targets.kamailio.target import KamailioTarget
-
-    kamailio = KamailioTarget(driver="sipp", idle_window=IDLE_WINDOW)
     loads = {rate: capacity_load(rate, duration).spec for rate in rates}
-    kam: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for spec in specs:
-        for rate in rates:
-            say(f"kamailio {spec}: capacity {rate:g} re-INVITEs/s (SIPp) for {duration:g}s")
-            entry = kamailio.run(spec, parse_load(loads[rate]), seed, settings)
-            kam[spec, rate] = [entry]
-            if capacity_failure(entry):
-                break
     keys = [(s, r) for s in specs for r in rates]
     sims: dict[str, dict[tuple[str, float], list[dict[str, Any]]]] = {}
     for label, costs in profiles.items():
@@ -237,7 +248,7 @@ def capacity_ladder(
             for r in rates
         ]  # fmt: skip
         out[spec] = {
-            "kamailio": capacities([spec], climbed, kam)[spec],
+            "kamailio": capacities([spec], climbed, kam)[spec] if climbed else None,
             **{label: capacities([spec], rates, runs)[spec] for label, runs in sims.items()},
             "steps": steps,
             "why": capacity_why(spec, rates, kam, sims["sim"]),
