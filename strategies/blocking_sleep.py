@@ -8,7 +8,8 @@ until `maxbuffer` is full and the kernel drops them.
 
 Nothing is suspended: the "deferral" recorded for the ledger is the sleep itself (start of
 `usleep()` -> the script continuing), so D = ms + ε at any load while the queueing before it
-shows in end-to-end latency, not in D.
+shows in end-to-end latency, not in D. Waking from the sleep costs the worker CPU of its own
+(`sleep_wake`: the wake-up, and the relay after it running with cold caches).
 
 What it must not do: suspend the transaction, or use any process but the SIP worker.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from core.runtime.process import Process, Program, Sleep
+from core.runtime.process import Compute, Process, Program, Sleep
 from strategies.base import Strategy
 from strategies.inline import routing_script, trace_line
 from strategies.spec import Param
@@ -63,6 +64,9 @@ class BlockingSleep(Strategy):
             outcome="resumed",
             resumes=1,
         )
+        wake = server.costs.sleep_wake  # the wake-up and the cold relay after it
+        if wake:
+            yield Compute(wake * 1e-6)
         yield from server.relay_now(process, txn)
 
     def kamailio_config(self, settings: ServerSettings | None = None, trace: bool = False) -> str:

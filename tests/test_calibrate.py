@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -63,6 +64,13 @@ def test_fit_deferral_charges_the_unexplained_extra_to_suspend_and_continue():
     assert cal.fit_deferral([], [], base) is None
 
 
+def test_fit_sleep_wake_charges_blocking_sleeps_unexplained_extra_to_its_wake_up():
+    base = CostProfile(sleep_wake=10.0)
+    assert cal.fit_sleep_wake([300.0, 120.0], [20.0, 20.0], base) == pytest.approx(10.0 + 190.0)
+    assert cal.fit_sleep_wake([0.0], [50.0], base) == 0.0  # never negative
+    assert cal.fit_sleep_wake([], [], base) is None
+
+
 def _load_figures(exponent: float, idle_pct: float = 1.0) -> dict:
     """Kamailio figures whose marginal CPU per re-INVITE falls as load^−exponent: 300 µs at
     idle price, each point's load (% of one core) the rate × that CPU."""
@@ -104,12 +112,12 @@ def test_message_and_deferral_costs_are_fitted_at_their_idle_price():
            for s in ("inline", "async-task") for r in (50.0, 1000.0)}  # fmt: skip
     from harness.analysis.calibrate.fit import _message_and_deferral
 
-    scale, deferral = _message_and_deferral(["inline", "async-task"], [50.0, 1000.0], figs,
+    scale, deferral, _ = _message_and_deferral(["inline", "async-task"], [50.0, 1000.0], figs,
                                             sim, base, load, 2)  # fmt: skip
     assert scale == pytest.approx(3.0)  # 300 µs at idle price against the sim's 100
     assert deferral == pytest.approx(100.0, rel=1e-6)  # its own idle price, not a loaded one
     # without the load model the same figures give the loaded prices, lower
-    plain_scale, _ = _message_and_deferral(["inline", "async-task"], [50.0, 1000.0], figs,
+    plain_scale, _, _ = _message_and_deferral(["inline", "async-task"], [50.0, 1000.0], figs,
                                            sim, base)  # fmt: skip
     assert plain_scale < 3.0
 
@@ -328,6 +336,20 @@ def test_calibrate_two_strategies_writes_a_loadable_profile_and_prints_the_table
     assert (again / "kamailio.json").read_bytes() == (out / "kamailio.json").read_bytes()
 
 
+def test_the_sim_repeats_each_point_with_new_seeds_as_kamailio_repeats_it():
+    from core.runtime.server import ServerSettings
+    from harness.analysis.calibrate.runs import sim_points
+
+    loads = {50.0: cal.load_for(50.0, 0.5).spec}
+    settings = ServerSettings(children=4, cores=2, fr_timer=5.0)
+    idle, points = sim_points(["mqueue-rtimer"], loads, 0.5, 7, settings, CostProfile(), "x",
+                              None, lambda _line: None, repeat=3)  # fmt: skip
+    (runs,) = points.values()
+    assert [e["seed"] for e in runs] == [7, 8, 9]
+    assert len({e["delay_ms"]["p50"] for e in runs}) > 1  # new rtimer phases each seed
+    assert len(next(iter(idle.values()))) == 3  # one idle run serves every repeat
+
+
 def test_a_kept_kamailio_side_reads_back_as_it_was_written(tmp_path):
     from core.runtime.server import ServerSettings
 
@@ -335,7 +357,8 @@ def test_a_kept_kamailio_side_reads_back_as_it_was_written(tmp_path):
     side = cal.KamailioSide(
         ["inline"], [50.0, 200.0], 3.0, 7, ServerSettings(children=4, cores=2, fr_timer=5.0),
         2, {("inline", 50.0): [_entry("inline", 50.0, 500.0, 0, 0)] * 2},
-        {"inline": [_idle(16.0)] * 2}, [(phase, 0.01)], {50.0: [0.000125, 0.002]},
+        {"inline": [_idle(16.0)] * 2}, [(phase, 0.01)],
+        {50.0: [(20_125 / 1e6 - 0.02, 1_100 / 1e6), (22_000 / 1e6 - 0.02, 0.0)]},
         [500.0], {("inline", 500.0): [_entry("inline", 500.0, 300.0, 0, 0)]},
     )  # fmt: skip
     cal.save_side(side, tmp_path)
@@ -421,10 +444,11 @@ def _idle(wakeups: float) -> dict:
     }  # fmt: skip
 
 
-def _lateness(rate: float, held_out_scale: float = 1.0) -> list[float]:
-    """50 SIPp pause latenesses, 2.0–6.9 ms (× `held_out_scale` at the held-out 200/s)."""
+def _lateness(rate: float, held_out_scale: float = 1.0) -> list[tuple[float, float]]:
+    """50 SIPp pause latenesses, 2.0–6.9 ms (× `held_out_scale` at the held-out 200/s), each
+    with a 0.2 ms lag to Kamailio's suspend (its quickest inbound path: none is SIPp's)."""
     scale = held_out_scale if rate == 200.0 else 1.0
-    return [(0.002 + 0.0001 * i) * scale for i in range(50)]
+    return [((0.002 + 0.0001 * i) * scale, 0.0002) for i in range(50)]
 
 
 def _fake_sides(monkeypatch, kamailio: dict, late_scale: float = 1.0) -> None:
@@ -439,7 +463,7 @@ def _fake_sides(monkeypatch, kamailio: dict, late_scale: float = 1.0) -> None:
         late = {r: _lateness(r, late_scale) for r in loads}
         return kam, {s: [_idle(20.0)] * repeat for s in specs}, [], late
 
-    def sim_points(specs, loads, duration, seed, settings, costs, label, executor, say):
+    def sim_points(specs, loads, duration, seed, settings, costs, label, executor, say, repeat=1):
         sim = {(s, r): [_entry(s, r, 400.0 if s == "inline" else 450.0, 10.2, 10.6)]
                for s in specs for r in loads}  # fmt: skip
         return {s: [_idle(20.0)] for s in specs}, sim
@@ -559,34 +583,44 @@ def test_calibrate_refuses_fit_rates_it_does_not_run_in_one_line():
     assert proc.stderr.strip().count("\n") == 0 and "--fit-rates 300 not in" in proc.stderr
 
 
-def test_sipp_pause_lateness_is_read_from_sipps_own_times_per_call():
-    from harness.analysis.calibrate import pause_lateness
+def test_sipp_pause_pairs_are_read_from_sipps_own_times_per_call():
+    """SIPp stamps a re-INVITE before its send; Kamailio's suspend shows when it got there.
+    Unanswered re-INVITEs start no pair; pairs whose second re-INVITE Kamailio never
+    suspended do not count."""
+    from harness.analysis.calibrate import pause_pairs
     from harness.targets.kamailio.sipp import SippReinvite
 
     sent = [
         SippReinvite("a", 2, 0, 1_000, 200), SippReinvite("a", 3, 24_500, 25_500, 200),
         SippReinvite("a", 4, 49_000, None, None),  # unanswered: starts no pair
+        SippReinvite("a", 5, 70_000, 71_000, 200),
         SippReinvite("b", 3, 30_000, 31_000, 200), SippReinvite("b", 2, 5_000, 6_000, 200),
     ]  # fmt: skip
-    assert pause_lateness(sent, 0.020) == pytest.approx([0.0035, 0.0035, 0.004])
+    suspended = {("a", 3): 25_700, ("a", 4): 49_300, ("a", 5): 70_300, ("b", 3): 31_300}
+    pairs = pause_pairs(sent, 0.020, suspended)
+    flat = [x for pair in pairs for x in pair]
+    assert flat == pytest.approx([0.0035, 0.0012, 0.0035, 0.0003, 0.004, 0.0013])
+    assert pause_pairs(sent, 0.020, {}) == []  # inline: nothing suspended, nothing to say
 
 
-def test_pause_lateness_adds_the_lag_from_sipps_stamp_to_kamailios_suspend():
-    """SIPp stamps a re-INVITE before its send; Kamailio's suspend shows when it really
-    left, less the run's quickest stamp-to-suspend (Kamailio's own path, modelled by the
-    sim). Pairs whose second re-INVITE Kamailio never suspended do not count."""
-    from harness.analysis.calibrate import pause_lateness
-    from harness.targets.kamailio.sipp import SippReinvite
+def test_pause_lateness_counts_the_lag_beyond_kamailios_quickest_inbound_path_as_sipps():
+    # 50/s: SIPp sends 1.1-1.3 ms after its stamp; 1,000/s: 0.2 ms at the quickest
+    pairs = {50.0: [(0.004, 0.0011 + 0.0002 * (i % 2)) for i in range(40)],
+             1000.0: [(0.003, 0.0002 + 0.0001 * (i % 5)) for i in range(400)],
+             200.0: [(0.050, 0.0)] * 40}  # fmt: skip
+    groups, floor = cal.pause_lateness(pairs, [50.0, 1000.0])
+    assert floor == pytest.approx(0.0002)  # the 5th percentile of every lag at the fit rates
+    assert statistics.median(groups[0]) == pytest.approx(0.004 + 0.001)  # SIPp's, not a floor
+    assert min(groups[1]) == pytest.approx(0.003)
+    assert len(groups) == 2  # the held-out 200/s takes no part
+    assert cal.pause_lateness({}, [50.0]) == ([], None)
 
-    sent = [
-        SippReinvite("a", 2, 0, 1_000, 200), SippReinvite("a", 3, 24_500, 25_500, 200),
-        SippReinvite("a", 4, 49_000, 50_000, 200),
-        SippReinvite("b", 2, 5_000, 6_000, 200), SippReinvite("b", 3, 30_000, 31_000, 200),
-    ]  # fmt: skip
-    suspended = {("a", 2): 300, ("a", 3): 25_700, ("b", 2): 5_300, ("b", 3): 31_300}
-    # lags 300, 1,200, 300, 1,300 µs: the floor is 300, so a3 left 900 and b3 1,000 µs late
-    assert pause_lateness(sent, 0.020, suspended) == pytest.approx([0.0044, 0.005])
-    assert pause_lateness(sent, 0.020, {}) == []  # inline: nothing suspended, nothing to say
+
+def test_an_even_mixture_weighs_every_rate_alike_however_many_pauses_it_had():
+    few, many = [0.006] * 40, [0.002] * 4000
+    mixed = cal.even_mixture([few, many], points=100)
+    assert len(mixed) == 200 and mixed.count(0.006) == 100
+    assert cal.even_mixture([[0.001] * 19, many], points=10) == [0.002] * 10  # too few: out
 
 
 def test_pause_lateness_fits_a_uniform_of_the_same_median_and_interquartile_range():

@@ -62,6 +62,18 @@ def test_blocking_sleep_delays_by_ms_plus_overshoot_in_the_worker_holding_no_cpu
     assert run.server.strategy.requested_delay == 0.010
 
 
+def test_blocking_sleep_wake_up_costs_the_worker_cpu_after_the_sleep_not_in_the_delay():
+    woken = EXACT.with_values(sleep_wake=200.0)
+    run = simulate("blocking-sleep:ms=10", [0.001, 0.3, 0.6], 1.0, costs=woken)
+    assert run.delays() == pytest.approx([0.010 + EPS] * 3, abs=1e-12)  # D: the sleep alone
+    relays = first_relay(run)
+    service = S("request") + S("relay")
+    assert relays[call_id(0)] == pytest.approx(0.001 + service + 0.010 + EPS + 200e-6, abs=1e-12)
+    plain = simulate("blocking-sleep:ms=10", [0.001, 0.3, 0.6], 1.0)
+    extra = run.server.cpu.busy_total - plain.server.cpu.busy_total
+    assert extra == pytest.approx(3 * 200e-6, abs=1e-12)  # once per re-INVITE
+
+
 def test_blocking_sleep_saturates_at_children_per_sleep_and_latency_grows_linearly():
     settings = ServerSettings(children=2, cores=2, maxbuffer=100 * 1024 * 1024)
     capacity = 2 / (0.010 + EPS + S("request") + S("relay"))  # ≈ 197.5/s

@@ -40,6 +40,11 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
   the idle one: idle timer passes cost what they were measured at). `calibrate` fits the
   exponent to how Kamailio's CPU per re-INVITE falls with its load at the fit rates; the
   ceiling is the busiest load measured there (the price is not extrapolated beyond it).
+- `sleep_wake`: none by default. A SIP worker blocked in `usleep()` wakes from its
+  `select()` timeout 10 ms later and relays the request it holds with cold caches: on this
+  box Kamailio spends ≈ 240 µs more per re-INVITE with `blocking-sleep:ms=10` than
+  `inline` at 50/s and ≈ 90 µs more at 1,000/s (priced by load like every step).
+  `calibrate` fits it to that excess at the fit rates.
 - request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
   share of the call's other messages (≈ 7 messages in and out): ≈ 40 µs per request
   received and routed, 30 µs per response.
@@ -81,6 +86,7 @@ class CostProfile:
     async_item: float = 2.0  # unlinking one due item in a timer pass
     task_push: float = 6.0  # write() of the 8-byte task pointer
     task_receive: float = 10.0  # recvfrom() + context switch in the task worker
+    sleep_wake: float = 0.0  # a SIP worker's return from usleep(): its wake-up, the relay cold
     sleep_overshoot: float = 65.0  # ε: how late a sleep()/select() returns
     sleep_overshoot_jitter: float = 30.0  # ε is drawn uniformly from ε ± jitter
     fork_gap: float = 5.0  # mean time between the forks of one module's timer processes

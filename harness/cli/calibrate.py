@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,7 +122,7 @@ def cmd(args: argparse.Namespace) -> int:
             result = cal.calibrate(
                 specs, rates, duration, args.seed, settings, base, fit_rates=fit_rates,
                 repeat=args.repeat, capacity_rates=ladder, executor=executor, progress=say,
-                keep=lambda kept: cal.save_side(kept, out),
+                keep=lambda kept: cal.save_side(replace(kept, command=command), out),
             )  # fmt: skip
     except TargetError as exc:
         raise UsageError(f"kamailio target: {exc}") from None
@@ -139,6 +140,8 @@ def cmd(args: argparse.Namespace) -> int:
     cells = (f"held-out rates {', '.join(f'{r:g}' for r in held) or 'none'}; fit on "
              f"{', '.join(f'{r:g}' for r in result.fit_rates)}")  # fmt: skip
     report.append(f"\nfidelity (within {bounds}; {cells}):\n" + cal.summary(result))
+    if side is not None and side.command:
+        report.append(f"\nKamailio's runs measured by: {' '.join(side.command)}")
     report.append(f"\nreproduce: {' '.join(command)}")
     text = "\n".join(report) + "\n"
     (out / "calibrate.txt").write_text(text, encoding="utf-8")  # the table, kept beside its data

@@ -21,13 +21,16 @@ what the measurements determine simply:
   rate's re-INVITEs, `marginal_us`) to the sim's scales those costs (`fit_scale`).
 - `t_suspend` + `t_continue` from the deferring strategies: the CPU per re-INVITE Kamailio
   spends above `inline` at the same rate, not yet explained by the sim, is charged to them
-  (`fit_deferral`).
+  (`fit_deferral`); blocking-sleep's, which suspends nothing, to the worker's wake-up from
+  `usleep()` (`sleep_wake`, `fit_sleep_wake`).
 - the wake-up tail (stalls of the cores under traffic) from the p50/p99 delay excess of
   the single-wake-up strategies over the sim (`fit_wakeup_tail`); the share of it common to
   all processes is the starting profile's, not fitted.
 - how late SIPp ends a `<pause>`, from SIPp's answer and send stamps and Kamailio's suspend
-  times (`pause_lateness`; `fit_pause_late` its median ± IQR, `pause_late_quantiles` the
-  distribution the sim draws from): the sim stands in for SIPp with it (`--driver
+  times (`pause_pairs`, `pause_lateness`: the lag to the suspend beyond Kamailio's quickest
+  inbound path counts as SIPp's; every fit rate weighs alike, `even_mixture`;
+  `fit_pause_late` its median ± IQR, `pause_late_quantiles` the distribution the sim
+  draws from): the sim stands in for SIPp with it (`--driver
   sipp`), so re-INVITEs meet the timers at the phases SIPp gives them. mqueue-rtimer's delay
   is then predicted from measured quantities (the rtimer phases, ε, the pauses), not fitted
   to its p50.
@@ -71,6 +74,7 @@ from harness.analysis.calibrate.fit import (
     LoadFit,
     PhaseFit,
     TimerFit,
+    even_mixture,
     fit_deferral,
     fit_from_runs,
     fit_load,
@@ -78,11 +82,13 @@ from harness.analysis.calibrate.fit import (
     fit_phases,
     fit_rates_of,
     fit_scale,
+    fit_sleep_wake,
     fit_timer,
     fit_wakeup_tail,
     fitted_profile,
     marginal_us,
     pause_late_quantiles,
+    pause_lateness,
 )
 from harness.analysis.calibrate.measured import KamailioSide, MeasuredError
 from harness.analysis.calibrate.measured import load as load_side
@@ -119,7 +125,7 @@ from harness.analysis.calibrate.runs import (
     capacity_ladder,
     capacity_load,
     load_for,
-    pause_lateness,
+    pause_pairs,
 )
 
 __all__ = [
@@ -166,6 +172,7 @@ __all__ = [
     "fit_phases",
     "fit_rates_of",
     "fit_scale",
+    "fit_sleep_wake",
     "fit_timer",
     "fit_wakeup_tail",
     "fitted_profile",
@@ -174,6 +181,8 @@ __all__ = [
     "marginal_us",
     "median_figures",
     "pause_lateness",
+    "pause_pairs",
+    "even_mixture",
     "profile_toml",
     "summary",
     "table",

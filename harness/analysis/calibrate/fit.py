@@ -1,11 +1,11 @@
 """Calibration, the fitting: the costs of a sim profile from what Kamailio measured.
 
 Timer passes and the sleep overshoot ε from the idle timer roles (`fit_timer`) and traced
-rtimer phases (`fit_phases`); message costs and t_suspend + t_continue from marginal CPU per
-re-INVITE (`fit_scale`, `fit_deferral`) at the idle price, how it falls with the load (`fit_load`);
-the wake-up tail from delay excesses
-(`fit_wakeup_tail`); how late SIPp ends its pauses (`fit_pause_late`); all of them gathered
-into one profile (`fitted_profile`, `fit_from_runs`).
+rtimer phases (`fit_phases`); message costs, t_suspend + t_continue and the wake-up from
+usleep() from marginal CPU per re-INVITE (`fit_scale`, `fit_deferral`, `fit_sleep_wake`) at
+the idle price, how it falls with the load (`fit_load`); the wake-up tail from delay
+excesses (`fit_wakeup_tail`); how late SIPp ends its pauses (`pause_lateness`,
+`fit_pause_late`); all of them gathered into one profile (`fitted_profile`, `fit_from_runs`).
 
 Arithmetic on figures and result entries only: it must not run a target (the runs module
 does), judge, format or write anything (the report module does), and it imports neither.
@@ -161,8 +161,21 @@ def fit_deferral(
     `*_extra_us`: marginal CPU per re-INVITE of a deferring strategy minus inline's at the
     same rate, pairwise; the sim's with `profile`. Median over pairs; never below 0.
     """
-    base = profile.t_suspend + profile.t_continue
-    gaps = [k - s for k, s in zip(kamailio_extra_us, sim_extra_us, strict=True)]
+    return _unexplained(kamailio_extra_us, sim_extra_us, profile.t_suspend + profile.t_continue)
+
+
+def fit_sleep_wake(
+    kamailio_extra_us: Iterable[float], sim_extra_us: Iterable[float], profile: CostProfile
+) -> float | None:
+    """New `sleep_wake` (µs): blocking-sleep's unexplained extra CPU per re-INVITE over
+    inline (pairwise at the same rates, as in `fit_deferral`) goes to the worker's wake-up
+    from `usleep()`. Median over pairs; never below 0."""
+    return _unexplained(kamailio_extra_us, sim_extra_us, profile.sleep_wake)
+
+
+def _unexplained(kamailio: Iterable[float], sim: Iterable[float], base: float) -> float | None:
+    """`base` + the median of Kamailio − sim over pairs, at least 0; None without pairs."""
+    gaps = [k - s for k, s in zip(kamailio, sim, strict=True)]
     if not gaps:
         return None
     return max(0.0, base + statistics.median(gaps))
@@ -198,6 +211,7 @@ def fitted_profile(
     deferral_total_us: float | None,
     phases: Sequence[tuple[PhaseFit, float]] = (),
     wakeup_tails: Sequence[tuple[float, float]] = (),
+    sleep_wake_us: float | None = None,
 ) -> tuple[CostProfile, list[str]]:
     """`base` with every cost the measurements determine replaced; and how each was set.
 
@@ -248,6 +262,19 @@ def fitted_profile(
             f" of wake-ups: p50/p99 delay excess over the sim of {', '.join(SINGLE_WAKE)} "
             f"({len(wakeup_tails)} points)"
         )
+    cpu, cpu_notes = _cpu_costs(base, message_scale, deferral_total_us, sleep_wake_us)
+    values.update(cpu)
+    notes += cpu_notes
+    return base.with_values(**values), notes
+
+
+def _cpu_costs(
+    base: CostProfile, message_scale: float | None, deferral_total_us: float | None,
+    sleep_wake_us: float | None,
+) -> tuple[dict[str, float], list[str]]:  # fmt: skip
+    """The CPU costs `fitted_profile` sets from marginal CPU per re-INVITE, and how."""
+    values: dict[str, float] = {}
+    notes: list[str] = []
     if message_scale is not None:
         for name in MESSAGE_COSTS:
             values[name] = getattr(base, name) * message_scale
@@ -264,11 +291,56 @@ def fitted_profile(
             f"t_suspend + t_continue = {deferral_total_us:.1f} µs: deferring strategies' "
             "extra CPU per re-INVITE over inline, Kamailio − sim"
         )
-    return base.with_values(**values), notes
+    if sleep_wake_us is not None:
+        values["sleep_wake"] = sleep_wake_us
+        notes.append(
+            f"sleep_wake = {sleep_wake_us:.1f} µs: blocking-sleep's extra CPU per re-INVITE "
+            "over inline, Kamailio − sim (a worker's wake-up from usleep())"
+        )
+    return values, notes
+
+
+def pause_lateness(
+    pairs: Mapping[float, Sequence[tuple[float, float]]], rates: Sequence[float]
+) -> tuple[list[list[float]], float | None]:
+    """How late SIPp ended its pauses at each of `rates` (s, one list per rate with
+    pauses), and the inbound floor (s) taken off the lags.
+
+    `pairs`: rate -> (how late SIPp stamped a re-INVITE, its stamp-to-suspend lag), from
+    `runs.pause_pairs`. A re-INVITE reached Kamailio's suspend as late as its stamp plus
+    its lag less Kamailio's own inbound path, which the sim models; that path is the
+    floor: the 5th percentile of every lag at `rates` (at 50/s SIPp never sends within a
+    millisecond of its stamp, so a run's own quickest lag is mostly SIPp's).
+    """
+    lags = sorted(lag for r in rates for _, lag in pairs.get(r, []))
+    if not lags:
+        return [], None
+    floor = lags[len(lags) // 20]
+    groups = [[late + max(0.0, lag - floor) for late, lag in pairs[r]]
+              for r in rates if pairs.get(r)]  # fmt: skip
+    return groups, floor
+
+
+def even_mixture(groups: Sequence[Sequence[float]], points: int = 1000) -> list[float]:
+    """`points` values of each group with at least 20 (its quantiles at (k + ½) / points),
+    pooled: a sample of the mixture in which every group weighs alike (a rate's pauses
+    are not worth more for being many)."""
+    out: list[float] = []
+    for group in groups:
+        if len(group) < 20:
+            continue
+        xs = sorted(group)
+        last = len(xs) - 1
+        for k in range(points):
+            pos = (k + 0.5) / points * last
+            i = min(int(pos), last - 1)
+            out.append(xs[i] + (xs[i + 1] - xs[i]) * (pos - i))
+    return out
 
 
 def fit_pause_late(lateness: Sequence[float]) -> tuple[float, float] | None:
-    """(late µs, jitter µs): how late SIPp ended its pauses (s; `runs.pause_lateness`) as a
+    """(late µs, jitter µs): how late SIPp ended its pauses (s; `even_mixture` of
+    `pause_lateness`) as a
     uniform draw with the same median and interquartile range (a uniform's IQR is its
     half-width, as for ε), robust to the few pairs SIPp served very late or early; None
     without at least 20 pauses."""
@@ -323,12 +395,14 @@ def fit_from_runs(
     """The fitted profile from Kamailio's idle runs and the figures of Kamailio's points
     and of the sim's with `base` (same loads), on a machine of `cores` cores."""
     fits = timer_fits(specs, kam_idle)
-    message_scale = deferral = None
+    message_scale = deferral = sleep_wake = None
     load = fit_load(specs, rates, kam, cores)
     if "inline" in specs:
-        message_scale, deferral = _message_and_deferral(specs, rates, kam, sim, base, load, cores)
+        message_scale, deferral, sleep_wake = _message_and_deferral(specs, rates, kam, sim, base,
+                                                                    load, cores)  # fmt: skip
     tails = _wakeup_tails(specs, rates, kam, sim)
-    profile, notes = fitted_profile(base, fits, message_scale, deferral, phases, tails)
+    profile, notes = fitted_profile(base, fits, message_scale, deferral, phases, tails,
+                                    sleep_wake)  # fmt: skip
     if load is not None:
         profile = profile.with_values(
             load_exponent=load.exponent, load_floor=load.floor, load_ceiling=load.ceiling
@@ -422,9 +496,10 @@ def fit_load(specs: Sequence[str], rates: Sequence[float], kam: Figures,
 def _message_and_deferral(
     specs: Sequence[str], rates: Sequence[float], kam: Figures, sim: Figures,
     base: CostProfile, load: LoadFit | None = None, cores: int = 2,
-) -> tuple[float | None, float | None]:  # fmt: skip
-    """The message cost scale from inline's points and t_suspend + t_continue from the
-    deferring strategies' (`fit_scale`, `fit_deferral`); inline must have run. With `load`,
+) -> tuple[float | None, float | None, float | None]:  # fmt: skip
+    """The message cost scale from inline's points, t_suspend + t_continue from the
+    deferring strategies' and `sleep_wake` from blocking-sleep's (`fit_scale`,
+    `fit_deferral`, `fit_sleep_wake`); inline must have run. With `load`,
     Kamailio's figures are first brought back to their idle price (the sim's with `base`
     are: it has no load discount)."""
 
@@ -441,10 +516,12 @@ def _message_and_deferral(
     pairs = [(idle_price("inline", r), marg(sim, "inline", r)) for r in rates]
     pairs = [(k, s) for k, s in pairs if k is not None and s is not None]
     message_scale = fit_scale([k for k, _ in pairs], [s for _, s in pairs])
-    kx, sx = [], []
+    extra: dict[bool, tuple[list[float], list[float]]] = {True: ([], []), False: ([], [])}
     for spec in specs:
-        if strategies.parse_spec(spec).name in ("inline", "blocking-sleep"):
-            continue  # blocking-sleep neither suspends nor continues
+        name = strategies.parse_spec(spec).name
+        if name == "inline":
+            continue
+        kx, sx = extra[name == "blocking-sleep"]  # it neither suspends nor continues
         for r in rates:
             values = (idle_price(spec, r), idle_price("inline", r),
                       marg(sim, spec, r), marg(sim, "inline", r))  # fmt: skip
@@ -452,7 +529,7 @@ def _message_and_deferral(
                 continue
             kx.append(values[0] - values[1])
             sx.append(values[2] - values[3])
-    return message_scale, fit_deferral(kx, sx, base)
+    return message_scale, fit_deferral(*extra[False], base), fit_sleep_wake(*extra[True], base)
 
 
 def _wakeup_tails(

@@ -19,7 +19,8 @@ from typing import Any
 
 from core.runtime.server import ServerSettings
 from harness.analysis.calibrate.fit import PhaseFit
-from harness.analysis.calibrate.runs import Lateness, Runs
+from harness.analysis.calibrate.runs import CALL_SHAPE, Lateness, Runs
+from harness.load.spec import parse_load
 
 SCHEMA = "deferbench.kamailio-side/1"
 FILE = "kamailio.json"
@@ -42,14 +43,21 @@ class KamailioSide:
     runs: Runs  # (spec, rate) -> one result entry per repeat
     idle: dict[str, list[dict[str, Any]]]  # spec -> one idle entry per repeat
     phases: list[tuple[PhaseFit, float]]  # traced rtimer phases, the timer's interval (s)
-    late: Lateness  # rate -> how late SIPp ended each pause (s)
+    late: Lateness  # rate -> (how late SIPp stamped, stamp-to-suspend lag) per pause (s)
     capacity_rates: list[float] = field(default_factory=list)
     ladder: Runs = field(default_factory=dict)  # (spec, rate) -> [entry]: the climbed rungs
+    command: list[str] = field(default_factory=list)  # what measured it
+
+    @property
+    def gap(self) -> float:
+        """The pause after each ACK in the calibration's calls (s)."""
+        return parse_load(CALL_SHAPE).gap
 
     def to_json(self) -> dict[str, Any]:
         settings = self.settings
         return {
             "schema": SCHEMA,
+            "command": self.command,
             "strategies": self.specs,
             "rates": self.rates,
             "duration_s": self.duration,
@@ -61,7 +69,11 @@ class KamailioSide:
             "runs": _keyed(self.runs),
             "idle": self.idle,
             "phases": [{**asdict(f), "interval_s": interval} for f, interval in self.phases],
-            "pause_late_s": {f"{r!r}": xs for r, xs in self.late.items()},
+            # SIPp's and Kamailio's stamps are whole µs: kept as such, they read back exact
+            "pause_gap_s": self.gap,
+            "pause_pairs_us": {f"{r!r}": [[round((late + self.gap) * 1e6), round(lag * 1e6)]
+                                          for late, lag in pairs]
+                               for r, pairs in self.late.items()},
             "ladder": _keyed(self.ladder),
         }  # fmt: skip
 
@@ -101,9 +113,10 @@ def load(directory: Path) -> KamailioSide:
             runs=_unkeyed(doc["runs"]),
             idle={str(k): list(v) for k, v in doc["idle"].items()},
             phases=[(_phase(p), float(p["interval_s"])) for p in doc["phases"]],
-            late={float(r): [float(x) for x in xs] for r, xs in doc["pause_late_s"].items()},
+            late=_pairs(doc["pause_pairs_us"], float(doc["pause_gap_s"])),
             capacity_rates=[float(r) for r in doc["capacity_rates"]],
             ladder=_unkeyed(doc["ladder"]),
+            command=[str(word) for word in doc.get("command", [])],
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MeasuredError(f"{path}: malformed {FILE}: {type(exc).__name__} {exc}") from None
@@ -116,6 +129,12 @@ def _keyed(runs: Runs) -> list[dict[str, Any]]:
 def _unkeyed(rows: list[dict[str, Any]]) -> Runs:
     return {(str(row["strategy"]), float(row["reinvite_rate"])): list(row["entries"])
             for row in rows}  # fmt: skip
+
+
+def _pairs(doc: dict[str, Any], gap: float) -> Lateness:
+    """`pause_pairs_us` back to (late s, lag s) as `runs.pause_pairs` computed them."""
+    return {float(r): [(int(since) / 1e6 - gap, int(lag) / 1e6) for since, lag in pairs]
+            for r, pairs in doc.items()}  # fmt: skip
 
 
 def _phase(doc: dict[str, Any]) -> PhaseFit:

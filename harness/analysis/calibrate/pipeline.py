@@ -18,10 +18,12 @@ from core.runtime.costs import CostProfile
 from core.runtime.server import ServerSettings
 from harness.analysis.calibrate.fit import (
     PAUSE_LATE_NOT_FITTED,
+    even_mixture,
     fit_from_runs,
     fit_pause_late,
     fit_rates_of,
     pause_late_quantiles,
+    pause_lateness,
 )
 from harness.analysis.calibrate.measured import KamailioSide
 from harness.analysis.calibrate.report import Calibration, judged_points, point_figures
@@ -99,7 +101,7 @@ def refit(
     loads = {rate: load_for(rate, duration).spec for rate in rates}
     kam, kam_idle = side.runs, side.idle
     sim_idle, sim = sim_points(specs, loads, duration, seed, settings, base, "starting",
-                               executor, say)  # fmt: skip
+                               executor, say, side.repeat)  # fmt: skip
     cores = settings.cores
     kam_figs, sim_figs = point_figures(kam, kam_idle, 1), point_figures(sim, sim_idle, cores)
     fitted, notes, fits = fit_from_runs(specs, fitting, kam_idle, kam_figs, sim_figs, base,
@@ -107,7 +109,7 @@ def refit(
     fitted, note = _with_pause_late(fitted, side.late, fitting)
     notes.append(note)
     fit_idle, fit = sim_points(specs, loads, duration, seed, settings, fitted, "fitted",
-                               executor, say)  # fmt: skip
+                               executor, say, side.repeat)  # fmt: skip
 
     result = Calibration(specs, list(rates), duration, seed, cores, base, fitted, notes, fits,
                          side.repeat, [f for f, _ in side.phases])  # fmt: skip
@@ -131,17 +133,21 @@ def _with_pause_late(
     profile: CostProfile, late: Lateness, rates: Sequence[float]
 ) -> tuple[CostProfile, str]:
     """`profile` with how late SIPp ends its pauses (`fit_pause_late`), from Kamailio's runs
-    at the fit `rates` only, and how; unchanged when too few pauses were seen."""
-    samples = [x for rate in rates for x in late.get(rate, [])]
+    at the fit `rates` only, each rate weighing alike, and how; unchanged when too few
+    pauses were seen."""
+    groups, floor = pause_lateness(late, rates)
+    samples = even_mixture(groups)
     fit = fit_pause_late(samples)
-    if fit is None:
+    if fit is None or floor is None:
         return profile, PAUSE_LATE_NOT_FITTED
     mean, jitter = fit
+    counted = sum(len(g) for g in groups)
     note = (f"driver_pause_late = {mean:.0f} ± {jitter:.0f} µs: how late SIPp's UAC ended "
-            f"its pause after an ACK, median ± interquartile range of {len(samples)} pauses "
-            "(a 200's arrival at SIPp to the next re-INVITE's send stamp, less the gap, "
-            "plus how much later than its quickest the re-INVITE reached Kamailio's "
-            "suspend: SIPp stamps before it sends)")  # fmt: skip
+            f"its pause after an ACK, median ± interquartile range of {counted} pauses, "
+            "each fit rate weighing alike (a 200's arrival at SIPp to the next re-INVITE's "
+            "send stamp, less the gap, plus how much later than Kamailio's quickest inbound "
+            f"path, {floor * 1e6:.0f} µs, the re-INVITE reached its suspend: SIPp stamps "
+            "before it sends)")  # fmt: skip
     note += "; the sim draws from its quantiles every 2.5 %"
     return profile.with_values(
         driver_pause_late=mean,

@@ -44,8 +44,9 @@ Progress = Callable[[str], None]
 
 Runs = dict[tuple[str, float], list[dict[str, Any]]]
 """(strategy spec, re-INVITE rate) -> one result entry per repeat."""
-Lateness = dict[float, list[float]]
-"""re-INVITE rate -> how late SIPp ended each pause in Kamailio's runs there (s)."""
+Lateness = dict[float, list[tuple[float, float]]]
+"""re-INVITE rate -> per pause SIPp ended in Kamailio's runs there: (how late SIPp stamped
+the next re-INVITE, the lag from that stamp to Kamailio's suspend), s (`pause_pairs`)."""
 
 
 CAPACITY_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=1ms,arrival=constant"
@@ -72,7 +73,7 @@ def kamailio_points(
            Lateness]:  # fmt: skip
     """Kamailio's side, one run at a time (real CPU), SIPp driving every run (the idle ones
     start no call): per strategy and repeat an idle run (with its traced timer phases) and
-    a run at every rate (with how late SIPp ended each pause, `pause_lateness`)."""
+    a run at every rate (with how late SIPp ended each pause, `pause_pairs`)."""
     from harness.targets.kamailio.target import kamailio_run
     from harness.targets.sim import idle_load
 
@@ -100,69 +101,63 @@ def kamailio_points(
                 if run.sipp is not None:
                     suspended = run.trace.suspended_us()
                     late.setdefault(rate, []).extend(
-                        pause_lateness(run.sipp.reinvites, spec_load.gap, suspended)
+                        pause_pairs(run.sipp.reinvites, spec_load.gap, suspended)
                     )
     return kam, kam_idle, phases, late
 
 
-def pause_lateness(
+def pause_pairs(
     reinvites: Sequence[SippReinvite],
     gap: float,
-    suspended_us: Mapping[tuple[str, int], int] | None = None,
-) -> list[float]:
-    """How late SIPp's UAC ended each pause (s): per call, a re-INVITE's 200 to the next
-    re-INVITE's send, less `gap` (the ACK goes out with the 200). Unanswered re-INVITEs
-    start no pair.
+    suspended_us: Mapping[tuple[str, int], int],
+) -> list[tuple[float, float]]:
+    """Per call, for each re-INVITE whose 200 came and whose next re-INVITE Kamailio
+    suspended: (how late SIPp stamped that next re-INVITE after the 200, less `gap`; the
+    lag from the stamp to Kamailio's suspend), s. Unanswered re-INVITEs start no pair.
 
     SIPp stamps a re-INVITE just before its `<send>` (a stamp after it makes SIPp 3.6 drop
-    the 200), and most re-INVITEs leave about a millisecond after that stamp. With
-    Kamailio's suspend times (`suspended_us`, the same wall clock) the lag is added: each
-    re-INVITE's stamp-to-suspend time less the run's quickest (its 5th percentile), which is
-    Kamailio's own inbound path (wire, a worker's wake-up, parsing, the script up to the
-    suspend) that the sim models itself. Then only pairs whose second re-INVITE Kamailio
-    suspended count (inline suspends none).
+    the 200), and it often leaves a millisecond after that stamp: the lag holds that and
+    Kamailio's own inbound path (the wire, a worker's wake-up, parsing, the script up to
+    the suspend), which the sim models itself; `fit.pause_lateness` tells them apart.
     """
-    lag_floor = None
-    if suspended_us is not None:
-        lags = sorted(suspended_us[key] - r.sent_us for r in reinvites
-                      if (key := (r.call_id, r.cseq)) in suspended_us)  # fmt: skip
-        if not lags:
-            return []
-        lag_floor = lags[len(lags) // 20]
     by_call: dict[str, list[SippReinvite]] = {}
     for reinvite in reinvites:
         by_call.setdefault(reinvite.call_id, []).append(reinvite)
-    late = []
+    pairs = []
     for sent in by_call.values():
         sent.sort(key=lambda r: r.cseq)
         for a, b in pairwise(sent):
             if a.status != 200 or a.final_us is None:
                 continue
-            sent_us = b.sent_us
-            if lag_floor is not None:
-                suspended = suspended_us.get((b.call_id, b.cseq))  # type: ignore[union-attr]
-                if suspended is None:
-                    continue
-                sent_us += max(0, suspended - b.sent_us - lag_floor)
-            late.append((sent_us - a.final_us) / 1e6 - gap)
-    return late
+            suspended = suspended_us.get((b.call_id, b.cseq))
+            if suspended is None:
+                continue
+            pairs.append(((b.sent_us - a.final_us) / 1e6 - gap, (suspended - b.sent_us) / 1e6))
+    return pairs
 
 
 def sim_points(
     specs: Sequence[str], loads: Mapping[float, str], duration: float, seed: int,
     settings: ServerSettings, costs: CostProfile, label: str, executor: Executor | None,
-    say: Progress,
+    say: Progress, repeat: int = 1,
 ) -> tuple[dict[str, list[dict[str, Any]]], Runs]:  # fmt: skip
     """The sim's side with profile `costs` (named `label` in the progress): per strategy an
-    idle run and a run at every rate of `loads`; (idle by strategy, loaded points)."""
+    idle run and a run at every rate of `loads`; (idle by strategy, loaded points).
+
+    Each loaded point runs `repeat` times, with seeds `seed`, `seed` + 1, ...: as each of
+    Kamailio's starts forks its timers at new phases and meets new SIPp pauses, each seed
+    draws new ones, so the median of as many runs is judged against Kamailio's median. The
+    idle run (timer phases do not change what an idle process costs) serves every repeat.
+    """
     rates = list(loads)
-    say(f"sim ({label} profile): {len(specs)} idle + {len(specs) * len(rates)} loaded runs")
-    jobs = [(s, None) for s in specs] + [(s, loads[r]) for s in specs for r in rates]
-    entries = _sims(jobs, duration, seed, settings, costs, executor)
-    idle = {s: [e] for s, e in zip(specs, entries[: len(specs)], strict=True)}
-    loaded = {k: [e] for k, e in zip([(s, r) for s in specs for r in rates],
-                                      entries[len(specs):], strict=True)}  # fmt: skip
-    return idle, loaded
+    points = [(s, r) for s in specs for r in rates]
+    say(f"sim ({label} profile): {len(specs)} idle + {len(points) * repeat} loaded runs")
+    jobs = [(s, None, seed) for s in specs]
+    jobs += [(s, loads[r], seed + n) for s, r in points for n in range(repeat)]
+    entries = _sims(jobs, duration, settings, costs, executor)
+    idle = {s: [e] * repeat for s, e in zip(specs, entries[: len(specs)], strict=True)}
+    loaded = entries[len(specs) :]
+    return idle, {k: loaded[i * repeat : (i + 1) * repeat] for i, k in enumerate(points)}
 
 
 def _sim_entry(
@@ -179,12 +174,13 @@ def _sim_entry(
 
 
 def _sims(
-    jobs: Sequence[tuple[str, str | None]], duration: float, seed: int,
-    settings: ServerSettings, costs: CostProfile, executor: Executor | None,
+    jobs: Sequence[tuple[str, str | None, int]], duration: float, settings: ServerSettings,
+    costs: CostProfile, executor: Executor | None,
 ) -> list[dict[str, Any]]:  # fmt: skip
-    """Sim runs with profile `costs`, in order (on `executor` if given)."""
+    """Sim runs (spec, load or None for idle, seed) with profile `costs`, in order (on
+    `executor` if given)."""
     link = parse_link(LOOPBACK)
-    args = [(spec, load, duration, seed, settings, costs, link) for spec, load in jobs]
+    args = [(spec, load, duration, seed, settings, costs, link) for spec, load, seed in jobs]
     if executor is None:
         return [_sim_entry(*a) for a in args]
     return list(executor.map(_sim_entry, *zip(*args, strict=True)))
@@ -235,7 +231,7 @@ def capacity_ladder(
     sims: dict[str, dict[tuple[str, float], list[dict[str, Any]]]] = {}
     for label, costs in profiles.items():
         say(f"{label.replace('_', ' ')} profile: capacity ladder, {len(keys)} runs")
-        entries = _sims([(s, loads[r]) for s, r in keys], duration, seed, settings, costs,
+        entries = _sims([(s, loads[r], seed) for s, r in keys], duration, settings, costs,
                         executor)  # fmt: skip
         sims[label] = {key: [e] for key, e in zip(keys, entries, strict=True)}
     out: dict[str, dict[str, Any]] = {}
