@@ -42,9 +42,10 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
   ceiling is the busiest load measured there (the price is not extrapolated beyond it).
 - `sleep_wake`: none by default. A SIP worker blocked in `usleep()` wakes from its
   `select()` timeout 10 ms later and relays the request it holds with cold caches: on this
-  box Kamailio spends ≈ 240 µs more per re-INVITE with `blocking-sleep:ms=10` than
-  `inline` at 50/s and ≈ 90 µs more at 1,000/s (priced by load like every step).
-  `calibrate` fits it to that excess at the fit rates.
+  box Kamailio spent ≈ 240 µs more per re-INVITE with `blocking-sleep:ms=10` than `inline`
+  at 50/s and ≈ 90 µs more at 1,000/s in one calibration, about as much as `inline` in
+  another (priced by load like every step). `calibrate` fits it to that excess at the fit
+  rates.
 - request/response handling: Kamailio spends ≈ 330–450 µs of CPU per re-INVITE including its
   share of the call's other messages (≈ 7 messages in and out): ≈ 40 µs per request
   received and routed, 30 µs per response.

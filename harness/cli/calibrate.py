@@ -107,6 +107,7 @@ def cmd(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if side is None:
         settings, duration, ladder = _measuring_flags(args)
+        specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "calibration" / stamp
     command = ["deferbench", *args.argv]
@@ -118,7 +119,6 @@ def cmd(args: argparse.Namespace) -> int:
             result = cal.refit(side, base, fit_rates=fit_rates, executor=executor,
                                progress=say)  # fmt: skip
         else:
-            specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
             result = cal.calibrate(
                 specs, rates, duration, args.seed, settings, base, fit_rates=fit_rates,
                 repeat=args.repeat, capacity_rates=ladder, executor=executor, progress=say,
