@@ -64,9 +64,9 @@ class BlockingSleep(Strategy):
             outcome="resumed",
             resumes=1,
         )
-        wake = server.costs.sleep_wake  # the wake-up and the cold relay after it
+        wake = server.costs.seconds("sleep_wake")  # the wake-up and the cold relay after it
         if wake:
-            yield Compute(wake * 1e-6)
+            yield Compute(wake)
         yield from server.relay_now(process, txn)
 
     def kamailio_config(self, settings: ServerSettings | None = None, trace: bool = False) -> str:

@@ -309,7 +309,7 @@ def pause_lateness(
     `pairs`: rate -> (how late SIPp stamped a re-INVITE, its stamp-to-suspend lag), from
     `runs.pause_pairs`. A re-INVITE reached Kamailio's suspend as late as its stamp plus
     its lag less Kamailio's own inbound path, which the sim models; that path is the
-    floor: the 5th percentile of every lag at `rates` (at 50/s SIPp never sends within a
+    floor: the 5th percentile of every lag at `rates` (at 50/s SIPp rarely sends within a
     millisecond of its stamp, so a run's own quickest lag is mostly SIPp's).
     """
     lags = sorted(lag for r in rates for _, lag in pairs.get(r, []))
@@ -322,34 +322,38 @@ def pause_lateness(
 
 
 def even_mixture(groups: Sequence[Sequence[float]], points: int = 1000) -> list[float]:
-    """`points` values of each group with at least 20 (its quantiles at (k + ½) / points),
+    """`points` values of each group with at least `MIN_PAUSES` (its quantiles at (k + ½) / points),
     pooled: a sample of the mixture in which every group weighs alike (a rate's pauses
     are not worth more for being many)."""
     out: list[float] = []
     for group in groups:
-        if len(group) < 20:
+        if len(group) < MIN_PAUSES:
             continue
         xs = sorted(group)
-        last = len(xs) - 1
-        for k in range(points):
-            pos = (k + 0.5) / points * last
-            i = min(int(pos), last - 1)
-            out.append(xs[i] + (xs[i + 1] - xs[i]) * (pos - i))
+        out.extend(_quantile(xs, (k + 0.5) / points) for k in range(points))
     return out
+
+
+def _quantile(xs: Sequence[float], p: float) -> float:
+    """The `p` quantile of the sorted `xs` (at least two), linear between neighbours."""
+    last = len(xs) - 1
+    pos = p * last
+    k = min(int(pos), last - 1)
+    return xs[k] + (xs[k + 1] - xs[k]) * (pos - k)
 
 
 def fit_pause_late(lateness: Sequence[float]) -> tuple[float, float] | None:
     """(late µs, jitter µs): how late SIPp ended its pauses (s; `even_mixture` of
-    `pause_lateness`) as a
-    uniform draw with the same median and interquartile range (a uniform's IQR is its
-    half-width, as for ε), robust to the few pairs SIPp served very late or early; None
-    without at least 20 pauses."""
-    if len(lateness) < 20:
+    `pause_lateness`) as a uniform draw with the same median and interquartile range (a
+    uniform's IQR is its half-width, as for ε), robust to the few pairs SIPp served very
+    late or early; None without at least `MIN_PAUSES` pauses."""
+    if len(lateness) < MIN_PAUSES:
         return None
     q1, median, q3 = statistics.quantiles(lateness, n=4)
     return max(0.0, median) * 1e6, (q3 - q1) * 1e6
 
 
+MIN_PAUSES = 20  # fewer pauses than this say nothing about how late SIPp ends them
 PAUSE_LATE_STEPS = 40  # quantiles every 2.5 %: the modes a millisecond apart stay apart
 PAUSE_LATE_ENDS = 0.005  # the 0 and 1 quantiles are taken at 0.5 % and 99.5 %
 
@@ -359,19 +363,12 @@ def pause_late_quantiles(lateness: Sequence[float]) -> tuple[float, ...]:
     at equal steps of probability (µs, never below 0), for `driver_pause_late_quantiles`.
     Its ends are the 0.5 % and 99.5 % quantiles, so a rare pause SIPp served very late
     does not stretch the tail; empty without at least 20 pauses."""
-    if len(lateness) < 20:
+    if len(lateness) < MIN_PAUSES:
         return ()
     xs = sorted(lateness)
-    last = len(xs) - 1
-
-    def at(p: float) -> float:
-        pos = p * last
-        k = min(int(pos), last - 1)
-        return xs[k] + (xs[k + 1] - xs[k]) * (pos - k)
-
     probs = [k / PAUSE_LATE_STEPS for k in range(PAUSE_LATE_STEPS + 1)]
     probs[0], probs[-1] = PAUSE_LATE_ENDS, 1 - PAUSE_LATE_ENDS
-    return tuple(max(0.0, at(p)) * 1e6 for p in probs)
+    return tuple(max(0.0, _quantile(xs, p)) * 1e6 for p in probs)
 
 
 PAUSE_LATE_NOT_FITTED = "driver_pause_late not fitted: fewer than 20 SIPp pauses at the fit rates"
