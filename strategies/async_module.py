@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.events import SuspendOutcome, TxnId
-from core.runtime.process import Compute, Get, Process, Program, Queue, Sleep
+from core.runtime.process import Compute, Get, Pass, Process, Program, Queue, Sleep
 from core.runtime.server import TICK
 from core.runtime.tasks import Task, TaskGroup, TaskGroupConfig
 from strategies.base import Strategy
@@ -287,7 +287,7 @@ class AsyncModule:
             if second > last + 1:
                 server.count(SECONDS_SKIPPED, second - last - 1)
             last = second
-            yield Compute(pass_cost)
+            yield Pass(pass_cost)
             while (txn := ring.pop(second)) is not None:
                 yield Compute(item_cost)
                 yield from server.resume(process, txn)  # t_continue, synchronously, here
@@ -303,7 +303,7 @@ class AsyncModule:
         tasks = self.tasks
         while True:
             yield Sleep(period + server.overshoot())
-            yield Compute(pass_cost)
+            yield Pass(pass_cost)
             now = server.now  # gettimeofday(), taken before the lock
             yield Get(self.ms_lock)
             while (item := ms_list.pop_due(now)) is not None:

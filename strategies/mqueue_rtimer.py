@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from core.runtime.process import Compute, Process, Program, Sleep
+from core.runtime.process import Compute, Pass, Process, Program, Sleep
 from strategies.base import Strategy
 from strategies.inline import continuation_route, routing_script, trace_line
 from strategies.spec import Param, SpecError, format_duration
@@ -246,7 +246,7 @@ class MqueueRtimer(Strategy):
             wait = forked + interval + server.overshoot()  # forked: after the first child
             while True:
                 yield Sleep(wait)  # fork_basic_utimer(): sleep_us(interval) first ...
-                yield Compute(first_fetch)  # ... then the pass: faked msg, route, mq_fetch
+                yield Pass(first_fetch)  # ... then the pass: faked msg, route, mq_fetch
                 pool.passes += 1
                 item = queue.fetch()
                 while item is not None:

@@ -72,18 +72,20 @@ def test_fit_sleep_wake_charges_blocking_sleeps_unexplained_extra_to_its_wake_up
 
 
 def _load_figures(exponent: float, idle_pct: float = 1.0) -> dict:
-    """Kamailio figures whose marginal CPU per re-INVITE falls as load^−exponent: 300 µs at
-    idle price, each point's load (% of one core) the rate × that CPU."""
+    """Kamailio figures whose marginal CPU per re-INVITE falls as work load^−exponent: 300
+    µs at 0.5 % of both cores or less, each point's busy share (% of one core) its idle one
+    plus the rate × that CPU."""
     figs = {}
     for spec in ("inline", "async-task"):
         extra = 0.0 if spec == "inline" else 100.0
         for rate in (50.0, 200.0, 1000.0):
             # solve u = rate × cost(u) / cores with cost(u) = c0 × (u / floor)^−e, by iteration
-            floor, u = idle_pct / 100 / 2, 0.05
+            floor, u = 0.005, 0.05
             for _ in range(200):
                 u = rate * (300.0 + extra) * 1e-6 * (max(u, floor) / floor) ** -exponent / 2
             cost = (300.0 + extra) * (max(u, floor) / floor) ** -exponent
-            figs[spec, rate] = {"marginal_us_per_reinvite": cost, "load_cpu_pct_core": u * 200,
+            figs[spec, rate] = {"marginal_us_per_reinvite": cost,
+                                "load_cpu_pct_core": idle_pct + u * 200,
                                 "idle_cpu_pct_core": idle_pct}  # fmt: skip
     return figs
 
@@ -93,11 +95,15 @@ def test_fit_load_recovers_how_cpu_per_reinvite_falls_with_the_load():
     fit = cal.fit_load(["inline", "async-task"], [50.0, 1000.0], figs, cores=2)
     assert fit is not None
     assert fit.exponent == pytest.approx(0.5, abs=1e-6)
-    assert fit.floor == pytest.approx(0.005)  # the busiest idle, as a share of both cores
-    assert fit.ceiling == pytest.approx(figs["async-task", 1000.0]["load_cpu_pct_core"] / 200)
+
+    def work(spec: str, rate: float) -> float:  # busy share of both cores above idle
+        return (figs[spec, rate]["load_cpu_pct_core"] - 1.0) / 200
+
+    assert fit.floor == pytest.approx(work("inline", 50.0))  # the lightest fitted load
+    assert fit.ceiling == pytest.approx(work("async-task", 1000.0))  # the busiest
     # the profile's price of a step at a load, as the sim's CpuPool charges it
     assert fit.factor(0.001) == 1.0 and fit.factor(None) == 1.0
-    assert fit.factor(1.0) == pytest.approx((fit.ceiling / 0.005) ** -0.5)
+    assert fit.factor(1.0) == pytest.approx((fit.ceiling / fit.floor) ** -0.5)
     # flat figures: nothing falls
     flat = cal.fit_load(["inline"], [50.0, 1000.0], _load_figures(0.0), cores=2)
     assert flat is not None and flat.exponent == pytest.approx(0.0, abs=1e-9)
@@ -114,12 +120,15 @@ def test_message_and_deferral_costs_are_fitted_at_their_idle_price():
 
     scale, deferral, _ = _message_and_deferral(["inline", "async-task"], [50.0, 1000.0], figs,
                                             sim, base, load, 2)  # fmt: skip
-    assert scale == pytest.approx(3.0)  # 300 µs at idle price against the sim's 100
-    assert deferral == pytest.approx(100.0, rel=1e-6)  # its own idle price, not a loaded one
+    # the price below the lightest fitted load, inline's there, against the sim's 100 µs
+    at_floor = figs["inline", 50.0]["marginal_us_per_reinvite"]
+    assert scale == pytest.approx(at_floor / 100.0)
+    # a deferral's own price at that load (100 of the 400 at the generator's idle)
+    assert deferral == pytest.approx(at_floor / 3.0, rel=1e-6)
     # without the load model the same figures give the loaded prices, lower
     plain_scale, _, _ = _message_and_deferral(["inline", "async-task"], [50.0, 1000.0], figs,
                                            sim, base)  # fmt: skip
-    assert plain_scale < 3.0
+    assert plain_scale < scale
 
 
 def test_fitted_profile_sets_only_what_was_fitted_and_clamps_negative_overshoot():

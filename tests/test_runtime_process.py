@@ -6,7 +6,7 @@ import anyio
 import pytest
 
 from core.runtime.kernel import Kernel, run_on_virtual_time
-from core.runtime.process import Compute, CpuPool, Get, Process, Put, Queue, Sleep, Stalls
+from core.runtime.process import Compute, CpuPool, Get, Pass, Process, Put, Queue, Sleep, Stalls
 
 
 def test_sleep_and_compute_happen_at_exact_virtual_times():
@@ -336,5 +336,33 @@ def test_a_process_pays_the_loaded_price_and_accounts_it_as_busy_time():
         proc.start(program())
         await kernel.run(until=1.0)
         assert proc.busy == pytest.approx(0.001)
+
+    run_on_virtual_time(main)
+
+
+def test_an_empty_timer_pass_pays_the_loaded_price_but_builds_no_load():
+    """`Pass`: Kamailio's message work grows no cheaper for its timers' empty passes, so a
+    pass is priced like any step and leaves the load where the messages put it."""
+
+    async def main() -> None:
+        kernel = Kernel()
+        cpu = CpuPool(kernel, 1)
+        cpu.load_exponent, cpu.load_floor, cpu.load_ceiling = 1.0, 0.01, 0.04
+        cpu._load = 0.5  # busy lately with messages: × 1/4 above the ceiling
+        passes = Process(kernel, cpu, "rtimer", "pass")
+
+        def program():
+            for _ in range(1000):
+                yield Pass(0.004)
+                yield Sleep(0.001)
+
+        passes.start(program())
+        await kernel.run(until=0.0)
+        assert passes.busy == pytest.approx(0.001)  # the first pass: the loaded price
+        await kernel.run(until=10.0)
+        # 1,000 passes of 4 ms in ten seconds would keep a core busy if they built load;
+        # as they do not, the load decays and later passes pay the idle price
+        assert cpu._load < 0.01
+        assert passes.busy > 2.0  # 2.8 s; counted as load, they would pay ¼ throughout: 1 s
 
     run_on_virtual_time(main)

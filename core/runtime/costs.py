@@ -36,10 +36,13 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
   re-INVITEs/s, ≈340 at 200, ≈207 at 1,000; the work per message is the same): a busy
   machine keeps its caches, clock and idle states warm. So a step costs its idle price ×
   (min(u, `load_ceiling`) / `load_floor`)^−`load_exponent` once the cores' recent busy
-  share u (`core.runtime.process.CpuPool.at_load`) exceeds `load_floor` (a share, at least
-  the idle one: idle timer passes cost what they were measured at). `calibrate` fits the
-  exponent to how Kamailio's CPU per re-INVITE falls with its load at the fit rates; the
-  ceiling is the busiest load measured there (the price is not extrapolated beyond it).
+  share u (`core.runtime.process.CpuPool.at_load`) exceeds `load_floor`. Timers' empty
+  passes count towards no load (`Pass`): Kamailio's message work is no cheaper for a
+  `ms_timer=1` or twelve rtimers waking a thousand times a second (with them it cost as
+  much or more). `calibrate` fits the exponent to how Kamailio's CPU per re-INVITE falls
+  with the busy share its load added above idle at the fit rates; the floor and ceiling
+  are the lightest and busiest such loads measured there (the price is not extrapolated
+  beyond them).
 - `sleep_wake`: none by default. A SIP worker blocked in `usleep()` wakes from its
   `select()` timeout 10 ms later and relays the request it holds with cold caches: on this
   box Kamailio spent ≈ 240 µs more per re-INVITE with `blocking-sleep:ms=10` than `inline`

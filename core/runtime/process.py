@@ -4,6 +4,8 @@ A `Process` runs one *program*, a generator that yields what it waits for:
 
 - `Compute(seconds)`: work that needs a core; it waits for one if all `cores` are busy, so
   CPU contention and backlog emerge instead of being assumed;
+- `Pass(seconds)`: a timer's pass that finds nothing to do: a `Compute` whose time does not
+  count towards the load that makes other steps cheaper (`CpuPool.at_load`);
 - `Sleep(seconds)`: blocked in the kernel (`select()`, `usleep()`), holding no core; the
   return counts as a wake-up;
 - `Get(queue)`: wait for the next item of a FIFO served by several processes (a UDP socket
@@ -34,6 +36,13 @@ class Compute:
         self.seconds = seconds
 
 
+class Pass:
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
 class Sleep:
     __slots__ = ("seconds",)
 
@@ -56,7 +65,9 @@ class Put:
         self.item = item
 
 
-Op = Compute | Sleep | Get | Put
+Op = Compute | Pass | Sleep | Get | Put
+
+_LATER = object()  # `Process._woken`: the program resumes from a posted event
 Program = Generator[Op, Any, Any]
 
 
@@ -119,7 +130,7 @@ class Process:
                 self._program = None
                 return
             kind = type(op)
-            if kind is Compute:
+            if kind is Compute or kind is Pass:
                 seconds = op.seconds
                 if seconds <= 0.0:
                     value = None
@@ -128,18 +139,29 @@ class Process:
                 cpu = self.cpu
                 kernel = self.kernel
                 if cpu.load_exponent:
-                    seconds = cpu.at_load(seconds, kernel.now)
+                    seconds = cpu.at_load(seconds, kernel.now, kind is Compute)
                 if cpu.free:
-                    cpu.free -= 1
                     self.busy += seconds
                     cpu.busy_total += seconds
-                    kernel.post(kernel.now + seconds, cpu._release, self)
+                    end = kernel.now + seconds
+                    if end <= kernel.horizon and kernel.run_ahead(end):
+                        value = None  # nothing else ran meanwhile: the core is free again
+                        continue
+                    cpu.free -= 1
+                    kernel.post(end, cpu._release, self)
                 else:
                     self._wait_started = kernel.now
                     cpu._runnable.append((self, seconds))
                 return
             if kind is Sleep:
-                self.kernel.post(self.kernel.now + max(0.0, op.seconds), self._wake, None)
+                kernel = self.kernel
+                end = kernel.now + max(0.0, op.seconds)
+                if end <= kernel.horizon and kernel.run_ahead(end):
+                    value = self._woken(None)  # `_wake`, without the recursion
+                    if value is not _LATER:
+                        continue
+                    return
+                kernel.post(end, self._wake, None)
                 return
             if kind is Get:
                 queue = op.queue
@@ -154,18 +176,29 @@ class Process:
                     continue
                 op.queue.putters.append((self, op.item))
                 return
-            raise TypeError(f"{self.name} yielded {op!r}, not a Compute/Sleep/Get/Put")
+            raise TypeError(f"{self.name} yielded {op!r}, not a Compute/Pass/Sleep/Get/Put")
 
     def _wake(self, value: Any) -> None:
         """A blocked process is woken; with a wake-up latency model it runs a little later."""
+        value = self._woken(value)
+        if value is not _LATER:
+            self._resume(value)
+
+    def _woken(self, value: Any) -> Any:
+        """Count the wake-up and draw its latency: `value` if the program goes on now
+        (perhaps after running ahead), `_LATER` if its resumption was posted."""
         self.wakeups += 1
         latency = self.cpu.wakeup_latency
         if latency is not None:
             delay = latency()
             if delay > 0.0:
-                self.kernel.post(self.kernel.now + delay, self._resume, value)
-                return
-        self._resume(value)
+                kernel = self.kernel
+                end = kernel.now + delay
+                if end <= kernel.horizon and kernel.run_ahead(end):
+                    return value
+                kernel.post(end, self._resume, value)
+                return _LATER
+        return value
 
 
 class MeasuredProcess(Process):
@@ -195,9 +228,10 @@ class CpuPool:
 
     `load_exponent` β, `load_floor` u₀ and `load_ceiling` u₁ (shares of the cores): a step
     costs its idle price × (min(u, u₁) / u₀)^−β when the cores are busier than u₀, u their
-    recent busy share (`at_load`); above u₁ (the busiest load it was fitted at) the price
-    stays the one at u₁. Kamailio's CPU per message falls with the load on this kind of machine,
-    alike for every strategy (caches, and the CPU's clock and idle states, stay warm).
+    recent busy share (`at_load`) without the timers' empty passes (`Pass`); above u₁ (the
+    busiest load it was fitted at) the price stays the one at u₁. Kamailio's CPU per
+    message falls with the load on this kind of machine, alike for every strategy (caches,
+    and the CPU's clock and idle states, stay warm with the work).
     """
 
     def __init__(self, kernel: Kernel, cores: int) -> None:
@@ -215,16 +249,17 @@ class CpuPool:
         self._load = 0.0  # busy share of the cores, moving average as of `_load_at`
         self._load_at = 0.0
 
-    def at_load(self, seconds: float, now: float) -> float:
+    def at_load(self, seconds: float, now: float, counts: bool = True) -> float:
         """What a step of `seconds` at idle costs now, given the cores' recent load; the
-        step then counts towards that load."""
+        step then counts towards that load unless `counts` is False (an empty timer pass:
+        Kamailio's message work grows no cheaper for its 1,000 wake-ups a second)."""
         load = self._load
         if now > self._load_at:
             load *= math.exp((self._load_at - now) / LOAD_WINDOW)
             self._load_at = now
         if load > self.load_floor:
             seconds *= (min(load, self.load_ceiling) / self.load_floor) ** -self.load_exponent
-        self._load = load + seconds / (LOAD_WINDOW * self.cores)
+        self._load = load + seconds / (LOAD_WINDOW * self.cores) if counts else load
         return seconds
 
     def acquire(self, process: Process, seconds: float) -> None:

@@ -34,7 +34,17 @@ from core.events import (
 from core.proxy import Proxy, ProxyConfig
 from core.runtime.costs import CostProfile
 from core.runtime.kernel import Kernel
-from core.runtime.process import Compute, CpuPool, Get, Process, Program, Queue, Sleep, Stalls
+from core.runtime.process import (
+    Compute,
+    CpuPool,
+    Get,
+    Pass,
+    Process,
+    Program,
+    Queue,
+    Sleep,
+    Stalls,
+)
 from core.runtime.tasks import TaskGroup, TaskGroupConfig
 from core.sip import SipMessage, SipParseError, SipRequest, parse_message
 
@@ -282,7 +292,7 @@ class Server:
     def _timer(self, process: Process) -> Program:
         """Kamailio's "timer" process: a tick every 1/16 s; when a TM timer is due it signals
         the slow timer (the fr timer without retransmissions is not `F_TIMER_FAST`, §7)."""
-        tick = Compute(self.costs.seconds("timer_tick"))
+        tick = Pass(self.costs.seconds("timer_tick"))
         due = self._slow_timer_due
         ticks = 0
         while True:

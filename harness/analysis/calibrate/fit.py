@@ -453,32 +453,39 @@ class LoadFit:
             f"load_ceiling = {self.ceiling:.2%} of the cores: CPU per re-INVITE ∝ "
             f"load^−exponent, median over {len(self.slopes)} "
             f"strategies ({low:.2f}–{high:.2f}) of the slope of Kamailio's marginal CPU per "
-            f"re-INVITE against its busy share at the fit rates; the floor is its busiest idle, "
-            "the ceiling its busiest point"
+            f"re-INVITE against the busy share its load added above idle at the fit rates "
+            "(empty timer passes count towards no load); the floor is the lightest such load, "
+            "the ceiling the busiest"
         )
+
+
+def work_load(figures: Mapping[str, Any], cores: int) -> float | None:
+    """The busy share of the cores a run's load added above its idle one: what the
+    messages kept busy (the timers' empty passes, there at idle too, warm nothing)."""
+    busy = figures.get("load_cpu_pct_core")
+    if not busy:
+        return None
+    return max(0.0, busy - (figures.get("idle_cpu_pct_core") or 0.0)) / 100 / cores
 
 
 def fit_load(specs: Sequence[str], rates: Sequence[float], kam: Figures,
              cores: int) -> LoadFit | None:  # fmt: skip
     """`LoadFit` from Kamailio's points: per strategy, the least-squares slope of log
-    marginal CPU per re-INVITE against log busy share (of `cores`) over the fit `rates`
-    (at least two); the median slope, within [0, 1]. None without a strategy to fit."""
-    idle = [f["idle_cpu_pct_core"] for f in kam.values() if f.get("idle_cpu_pct_core")]
-    if not idle:
-        return None
-    floor = max(idle) / 100 / cores
+    marginal CPU per re-INVITE against log `work_load` over the fit `rates` (at least
+    two); the median slope, within [0, 1], between the lightest and the busiest work
+    load fitted. None without a strategy to fit."""
     slopes, loads = [], []
     for spec in specs:
         xy = []
         for r in rates:
             f = kam.get((spec, r))
-            if f is None or not f["marginal_us_per_reinvite"] or not f["load_cpu_pct_core"]:
+            load = None if f is None else work_load(f, cores)
+            if not load or not f["marginal_us_per_reinvite"]:  # type: ignore[index]
                 continue
-            if f["marginal_us_per_reinvite"] <= 0:
+            if f["marginal_us_per_reinvite"] <= 0:  # type: ignore[index]
                 continue
-            load = max(f["load_cpu_pct_core"] / 100 / cores, floor)
             loads.append(load)
-            xy.append((math.log(load), math.log(f["marginal_us_per_reinvite"])))
+            xy.append((math.log(load), math.log(f["marginal_us_per_reinvite"])))  # type: ignore[index]
         if len(xy) < 2 or len({x for x, _ in xy}) < 2:
             continue
         mx, my = statistics.fmean(x for x, _ in xy), statistics.fmean(y for _, y in xy)
@@ -487,7 +494,7 @@ def fit_load(specs: Sequence[str], rates: Sequence[float], kam: Figures,
     if not slopes:
         return None
     exponent = min(1.0, max(0.0, statistics.median(slopes)))
-    return LoadFit(exponent, floor, max(loads), tuple(slopes))
+    return LoadFit(exponent, min(loads), max(loads), tuple(slopes))
 
 
 def _message_and_deferral(
@@ -507,8 +514,7 @@ def _message_and_deferral(
         value = marg(kam, spec, rate)
         if value is None or load is None:
             return value
-        share = kam[spec, rate]["load_cpu_pct_core"]
-        return value / load.factor(None if share is None else share / 100 / cores)
+        return value / load.factor(work_load(kam[spec, rate], cores))
 
     pairs = [(idle_price("inline", r), marg(sim, "inline", r)) for r in rates]
     pairs = [(k, s) for k, s in pairs if k is not None and s is not None]
