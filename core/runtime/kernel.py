@@ -117,7 +117,7 @@ class Kernel:
         the same times, without the heap round trip. Only a virtual-time stretch sets a
         horizon, so the real clock never runs ahead.
         """
-        if when > self.horizon:
+        if when > self.horizon:  # the one check callers rely on: they test nothing first
             return False
         heap = self._heap
         if heap and heap[0][0] <= when:

@@ -36,11 +36,8 @@ class Compute:
         self.seconds = seconds
 
 
-class Pass:
-    __slots__ = ("seconds",)
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
+class Pass(Compute):
+    __slots__ = ()
 
 
 class Sleep:
@@ -135,7 +132,7 @@ class Process:
                 if seconds <= 0.0:
                     value = None
                     continue
-                # CpuPool.acquire and _run, inlined (the hottest step of the model)
+                # take a free core or queue for one (the hottest step of the model)
                 cpu = self.cpu
                 kernel = self.kernel
                 if cpu.load_exponent:
@@ -144,7 +141,7 @@ class Process:
                     self.busy += seconds
                     cpu.busy_total += seconds
                     end = kernel.now + seconds
-                    if end <= kernel.horizon and kernel.run_ahead(end):
+                    if kernel.run_ahead(end):
                         value = None  # nothing else ran meanwhile: the core is free again
                         continue
                     cpu.free -= 1
@@ -156,7 +153,7 @@ class Process:
             if kind is Sleep:
                 kernel = self.kernel
                 end = kernel.now + max(0.0, op.seconds)
-                if end <= kernel.horizon and kernel.run_ahead(end):
+                if kernel.run_ahead(end):
                     value = self._woken(None)  # `_wake`, without the recursion
                     if value is not _LATER:
                         continue
@@ -194,7 +191,7 @@ class Process:
             if delay > 0.0:
                 kernel = self.kernel
                 end = kernel.now + delay
-                if end <= kernel.horizon and kernel.run_ahead(end):
+                if kernel.run_ahead(end):
                     return value
                 kernel.post(end, self._resume, value)
                 return _LATER
@@ -262,26 +259,16 @@ class CpuPool:
         self._load = load + seconds / (LOAD_WINDOW * self.cores) if counts else load
         return seconds
 
-    def acquire(self, process: Process, seconds: float) -> None:
-        if self.load_exponent:
-            seconds = self.at_load(seconds, self.kernel.now)
-        if self.free:
-            self.free -= 1
-            self._run(process, seconds)
-        else:
-            process._wait_started = self.kernel.now
-            self._runnable.append((process, seconds))
-
-    def _run(self, process: Process, seconds: float) -> None:
-        process.busy += seconds
-        self.busy_total += seconds
-        self.kernel.post(self.kernel.now + seconds, self._release, process)
-
     def _release(self, process: Process) -> None:
+        """`process`'s step ended: its core goes to the longest waiter, or back to the pool
+        (a step starts in `Process._resume`)."""
         if self._runnable:
             waiting, seconds = self._runnable.popleft()
-            waiting.cpu_wait += self.kernel.now - waiting._wait_started
-            self._run(waiting, seconds)
+            now = self.kernel.now
+            waiting.cpu_wait += now - waiting._wait_started
+            waiting.busy += seconds
+            self.busy_total += seconds
+            self.kernel.post(now + seconds, self._release, waiting)
         else:
             self.free += 1
         process._resume(None)
