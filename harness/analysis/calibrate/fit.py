@@ -479,13 +479,13 @@ def fit_load(specs: Sequence[str], rates: Sequence[float], kam: Figures,
         xy = []
         for r in rates:
             f = kam.get((spec, r))
-            load = None if f is None else work_load(f, cores)
-            if not load or not f["marginal_us_per_reinvite"]:  # type: ignore[index]
+            if f is None:
                 continue
-            if f["marginal_us_per_reinvite"] <= 0:  # type: ignore[index]
+            load, marginal = work_load(f, cores), f["marginal_us_per_reinvite"]
+            if not load or not marginal or marginal <= 0:
                 continue
             loads.append(load)
-            xy.append((math.log(load), math.log(f["marginal_us_per_reinvite"])))  # type: ignore[index]
+            xy.append((math.log(load), math.log(marginal)))
         if len(xy) < 2 or len({x for x, _ in xy}) < 2:
             continue
         mx, my = statistics.fmean(x for x, _ in xy), statistics.fmean(y for _, y in xy)
