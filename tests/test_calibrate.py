@@ -193,6 +193,25 @@ def test_fit_wakeup_tail_matches_the_median_and_p99_excess():
     assert cal.fit_wakeup_tail(0.5, 0.2) is None
 
 
+def test_the_wakeup_tail_is_a_rising_line_in_the_busy_share_or_flat():
+    # points on 50 µs + 400 µs per unit of busy share: the line itself
+    points = [(50 + 400 * u, 0.9, u) for u in (0.01, 0.05, 0.15)]
+    base, per_load = cal.fit_tail_line(points)
+    assert (base, per_load) == (pytest.approx(50.0), pytest.approx(400.0))
+    # a tail that shrank with the load, or loads all alike: the median, flat
+    assert cal.fit_tail_line([(80, 1.0, 0.01), (60, 1.0, 0.1), (70, 1.0, 0.2)]) == (70, 0.0)
+    assert cal.fit_tail_line([(40, 1.0, 0.05), (60, 1.0, 0.05), (90, 1.0, None)]) == (60, 0.0)
+    # a line that would start below zero goes through the origin instead
+    base, per_load = cal.fit_tail_line([(10, 1.0, 0.1), (100, 1.0, 0.2)])
+    assert base == 0.0 and per_load == pytest.approx((0.1 * 10 + 0.2 * 100) / (0.01 + 0.04))
+    profile, notes = cal.fitted_profile(CostProfile(), [], None, None, wakeup_tails=points)
+    assert profile.wakeup_tail == pytest.approx(50.0)
+    assert profile.wakeup_tail_per_load == pytest.approx(400.0)
+    assert profile.wakeup_tail_share == 0.9
+    assert profile.wakeup_tail_ceiling == 0.15  # the busiest point: no growth beyond it
+    assert any("wakeup_tail_per_load = 400" in n for n in notes)
+
+
 def test_median_figures_take_the_median_of_repeated_runs():
     def run(p50: float) -> dict:
         return {"strategy": "x", "delay_ms": {"p50": p50, "p90": None, "p99": p50},

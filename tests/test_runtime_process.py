@@ -87,6 +87,33 @@ def test_stalls_cover_their_share_of_time_and_release_everyone_at_their_end():
     assert sum(delayed) / len(delayed) == pytest.approx(0.001, rel=0.05)  # residual: mean
 
 
+def test_stalls_grow_with_the_cores_busy_share_over_the_last_window():
+    """`per_load`: an episode's mean is mean_s + per_load × the busy share of the cores
+    over the last window, up to `ceiling`; idle cores leave it at mean_s."""
+    import random
+
+    clock = _Clock()
+    cpu = CpuPool(clock, 2)  # type: ignore[arg-type]
+    stalls = Stalls(clock, random.Random(5), mean_s=0.001, share=0.4, per_load=0.004, cpu=cpu,
+                    ceiling=0.6)  # fmt: skip
+
+    def mean_delay(start: float, busy_share: float) -> float:
+        """Mean stall of the wake-ups after the first 0.5 s (the window catching up)."""
+        delayed = []
+        for k in range(100_000):  # 10 s, a wake-up every 100 µs
+            clock.now = start + k * 1e-4
+            cpu.busy_total += busy_share * 2 * 1e-4  # both cores busy that share of the time
+            delay = stalls()
+            if delay > 0 and k >= 5_000:
+                delayed.append(delay)
+        return sum(delayed) / len(delayed)
+
+    assert mean_delay(0.0, 0.0) == pytest.approx(0.001, rel=0.05)
+    assert mean_delay(10.0, 0.5) == pytest.approx(0.001 + 0.004 * 0.5, rel=0.05)
+    assert mean_delay(20.0, 0.0) == pytest.approx(0.001, rel=0.05)  # back to idle
+    assert mean_delay(30.0, 0.9) == pytest.approx(0.001 + 0.004 * 0.6, rel=0.05)  # capped
+
+
 def test_cores_are_shared_fifo_and_waiting_is_accounted():
     finished: dict[str, float] = {}
 

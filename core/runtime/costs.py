@@ -21,6 +21,15 @@ Derivations of the defaults (reference figures on a 2-vCPU VM):
   show none), common to every process woken meanwhile (`core.runtime.process.Stalls`);
   `calibrate` fits the mixture to the single-wake-up delays of `blocking-sleep` and
   `async-task` (p50 and p99).
+- `wakeup_tail_per_load`: none by default. With SIPp beside Kamailio the single-wake-up
+  tail grows with the rate (`async-task` p99 − p50 ≈ 0.24 ms at 50 re-INVITEs/s, 0.46 at
+  1,000): the busier the cores — the server's work and the load generator's, which grows
+  with the same traffic — the longer a woken process waits. A stall's mean is
+  `wakeup_tail` + this × the cores' busy share over the last quarter second (timers'
+  passes included: they hold cores like any work), up to `wakeup_tail_ceiling`;
+  `calibrate` fits the line through the tails fitted at each fit point against Kamailio's
+  busy share there, and the ceiling is the busiest of them (the tail is not extrapolated:
+  a fit up to 20 % of the cores says nothing of 60 %).
 - `driver_pause_late`, `driver_pause_late_jitter`: not CPU but the load generator's timing,
   used only when the sim stands in for a SIPp-driven run (`--driver sipp`): SIPp ends a
   `<pause milliseconds="20"/>` about 2–7 ms late on this box, and its re-INVITE mostly
@@ -98,6 +107,8 @@ class CostProfile:
     wakeup_tail: float = 0.0  # mean stall of the cores under traffic (a delayed wake-up's mean)
     wakeup_tail_share: float = 0.0  # share of the time stalled (of wake-ups delayed), ≤ 0.95
     wakeup_tail_common: float = 1.0  # share of wake-ups that meet the stalls common to all
+    wakeup_tail_per_load: float = 0.0  # the stall's mean grows by this × the cores' busy share
+    wakeup_tail_ceiling: float = 1.0  # ... up to this busy share (of all the cores)
     load_exponent: float = 0.0  # a step costs × (load / load_floor)^−this above the floor
     load_floor: float = 0.01  # busy share of all the cores below which steps cost their price
     load_ceiling: float = 1.0  # ... and above which they cost what they cost at it

@@ -285,30 +285,77 @@ class Stalls:
     meets the shared episodes: processes woken in one all run at its end, so their phases
     do not drift apart (Kamailio's rtimers stay bunched under load); otherwise it draws
     the same distribution on its own. Use as `CpuPool.wakeup_latency`.
+
+    With `per_load` (s per unit of busy share) and a `cpu`, each episode's mean is
+    `mean_s + per_load × min(u, ceiling)` when it is drawn, u the cores' busy share over
+    the last `LOAD_WINDOW` (every step, the timers' empty passes too: they hold cores as
+    much as messages do): the busier the server, and the load generator beside it whose
+    share grows with the same traffic, the longer a woken process waits for a core; above
+    `ceiling` (the busiest load it was fitted at) it grows no more.
     """
 
     def __init__(
-        self, kernel: Kernel, rng: Any, mean_s: float, share: float, common: float = 1.0
-    ) -> None:
+        self, kernel: Kernel, rng: Any, mean_s: float, share: float, common: float = 1.0,
+        per_load: float = 0.0, cpu: CpuPool | None = None, ceiling: float = 1.0,
+    ) -> None:  # fmt: skip
         share = min(share, 0.95)
         self.kernel = kernel
         self.rng = rng
         self.share = share
         self.common = common
+        self.base = mean_s
+        self.per_load = per_load if cpu is not None else 0.0
+        self.ceiling = ceiling
+        self.cpu = cpu
         self.mean = mean_s
-        self.gap_mean = mean_s * (1.0 - share) / share
-        self.start = kernel.now + rng.expovariate(1.0 / self.gap_mean)
-        self.end = self.start + rng.expovariate(1.0 / mean_s)
+        self._mark = (kernel.now, cpu.busy_total if cpu is not None else 0.0)
+        self._busy = 0.0  # the cores' busy share over the window before `_mark`, capped
+        self.start = self.end = kernel.now  # in a gap from now on
+
+    def _gap_mean(self, mean: float) -> float:
+        """Gaps long enough for episodes of `mean` to cover `share` of the time."""
+        return mean * (1.0 - self.share) / self.share
+
+    def _mean(self, now: float) -> float:
+        cpu = self.cpu
+        if self.per_load and cpu is not None:
+            since, busy = self._mark
+            if now - since >= LOAD_WINDOW:
+                busy = (cpu.busy_total - busy) / ((now - since) * cpu.cores)
+                self._busy = min(busy, self.ceiling)
+                self._mark = (now, cpu.busy_total)
+            self.mean = self.base + self.per_load * self._busy
+        return self.mean
 
     def __call__(self) -> float:
         rng = self.rng
-        if self.common < 1.0 and rng.random() >= self.common:
-            return rng.expovariate(1.0 / self.mean) if rng.random() < self.share else 0.0
         now = self.kernel.now
-        while self.end <= now:
-            self.start = self.end + self.rng.expovariate(1.0 / self.gap_mean)
-            self.end = self.start + self.rng.expovariate(1.0 / self.mean)
+        if self.common < 1.0 and rng.random() >= self.common:
+            mean = self._mean(now)
+            return rng.expovariate(1.0 / mean) if rng.random() < self.share and mean > 0 else 0.0
+        if self.end <= now:
+            self._draw(now)
         return self.end - now if self.start <= now else 0.0
+
+    def _draw(self, now: float) -> None:
+        """The episode or gap `now` falls in, the last episode having ended at `end`.
+
+        Gaps and episodes are memoryless, so this is a two-state chain: from a gap that
+        began t ago, P(in an episode now) = share·(1 − e^(−t/mean − t/gap)); in one, its
+        rest is exponential of mean `mean`; in a gap, so is the rest of the gap. One draw
+        instead of replaying every gap and episode since `end`, in the same law.
+        """
+        rng = self.rng
+        mean = self._mean(now)
+        if mean <= 0.0:
+            self.start = self.end = now
+            return
+        gap = self._gap_mean(mean)
+        if rng.random() < self.share * -math.expm1((self.end - now) * (1.0 / mean + 1.0 / gap)):
+            self.start = now
+        else:
+            self.start = now + rng.expovariate(1.0 / gap)
+        self.end = self.start + rng.expovariate(1.0 / mean)
 
 
 class Queue:

@@ -170,8 +170,8 @@ class Server:
         self._jitter = self.costs.seconds("sleep_overshoot_jitter")
         # The wake-up tail is the load's (traffic and the co-located load generator compete
         # for the cores): Kamailio's idle timers show none, so it starts with the traffic.
-        tail, share = self.costs.seconds("wakeup_tail"), self.costs.wakeup_tail_share
-        self._tail_on_traffic = tail > 0 and share > 0
+        tail = self.costs.wakeup_tail + self.costs.wakeup_tail_per_load
+        self._tail_on_traffic = tail > 0 and self.costs.wakeup_tail_share > 0
         for i in range(self.settings.children):
             self.spawn("sip-worker", f"udp receiver child={i}", self._sip_worker)
         self._slow_timer_due = Queue(kernel, "slow timer", 1)
@@ -233,7 +233,9 @@ class Server:
             self.cpu.wakeup_latency = Stalls(self.kernel, self.random,
                                              self.costs.seconds("wakeup_tail"),
                                              self.costs.wakeup_tail_share,
-                                             self.costs.wakeup_tail_common)  # fmt: skip
+                                             self.costs.wakeup_tail_common,
+                                             self.costs.seconds("wakeup_tail_per_load"),
+                                             self.cpu, self.costs.wakeup_tail_ceiling)  # fmt: skip
         if not self.sip_socket.offer((data, source)):
             self.count("udp_receive_buffer_drops")
 

@@ -24,8 +24,9 @@ what the measurements determine simply:
   (`fit_deferral`); blocking-sleep's, which suspends nothing, to the worker's wake-up from
   `usleep()` (`sleep_wake`, `fit_sleep_wake`).
 - the wake-up tail (stalls of the cores under traffic) from the p50/p99 delay excess of
-  the single-wake-up strategies over the sim (`fit_wakeup_tail`); the share of it common to
-  all processes is the starting profile's, not fitted.
+  the single-wake-up strategies over the sim (`fit_wakeup_tail`), as a line in Kamailio's
+  busy share at each fit point (`fit_tail_line`): it grows with the load; the share of it
+  common to all processes is the starting profile's, not fitted.
 - how late SIPp ends a `<pause>`, from SIPp's answer and send stamps and Kamailio's suspend
   times (`pause_pairs`, `pause_lateness`: the lag to the suspend beyond Kamailio's quickest
   inbound path counts as SIPp's; every fit rate weighs alike, `even_mixture`;
@@ -83,6 +84,7 @@ from harness.analysis.calibrate.fit import (
     fit_rates_of,
     fit_scale,
     fit_sleep_wake,
+    fit_tail_line,
     fit_timer,
     fit_wakeup_tail,
     fitted_profile,
@@ -174,6 +176,7 @@ __all__ = [
     "fit_scale",
     "fit_sleep_wake",
     "fit_timer",
+    "fit_tail_line",
     "fit_wakeup_tail",
     "fitted_profile",
     "judge",

@@ -204,18 +204,44 @@ def fit_wakeup_tail(excess_p50_ms: float, excess_p99_ms: float) -> tuple[float, 
     return tail * 1e3, share
 
 
+TailPoint = tuple[float, float, float | None]
+"""A single-wake-up point's tail: (mean µs, share) as `fit_wakeup_tail` gives them, and
+Kamailio's busy share there (`busy_share`; None if not measured)."""
+
+
+def fit_tail_line(points: Sequence[TailPoint]) -> tuple[float, float]:
+    """(mean µs at no load, µs more per unit of busy share): the least-squares line of the
+    points' tail means against their loads, rising or flat (a tail that shrank with the
+    load is noise: the median, flat); flat too without two distinct loads."""
+    loaded = [(load, mean) for mean, _, load in points if load is not None]
+    flat = (statistics.median(mean for mean, _, _ in points), 0.0)
+    if len({load for load, _ in loaded}) < 2:
+        return flat
+    mx = statistics.fmean(x for x, _ in loaded)
+    my = statistics.fmean(y for _, y in loaded)
+    slope = sum((x - mx) * (y - my) for x, y in loaded) / sum((x - mx) ** 2 for x, _ in loaded)
+    if slope <= 0:
+        return flat
+    intercept = my - slope * mx
+    if intercept < 0:  # through the origin instead: no negative stall at light load
+        slope = sum(x * y for x, y in loaded) / sum(x * x for x, _ in loaded)
+        intercept = 0.0
+    return intercept, slope
+
+
 def fitted_profile(
     base: CostProfile,
     timers: Sequence[TimerFit],
     message_scale: float | None,
     deferral_total_us: float | None,
     phases: Sequence[tuple[PhaseFit, float]] = (),
-    wakeup_tails: Sequence[tuple[float, float]] = (),
+    wakeup_tails: Sequence[TailPoint] = (),
     sleep_wake_us: float | None = None,
 ) -> tuple[CostProfile, list[str]]:
     """`base` with every cost the measurements determine replaced; and how each was set.
 
-    `wakeup_tails`: (mean µs, share) fits of single-wake-up points; their medians are used.
+    `wakeup_tails`: the single-wake-up points' tails: their shares' median, and the line
+    of their means against the load (`fit_tail_line`).
 
     `phases`: (phase fit, the timer's interval in s) pairs; when given, ε and its jitter
     come from their traced periods (direct) instead of context switches (a proxy).
@@ -255,12 +281,21 @@ def fitted_profile(
             f"({sum(len(f.periods_us) for f in fits)} periods, {len(fits)} run(s))"
         )
     if wakeup_tails:
-        values["wakeup_tail"] = statistics.median(t for t, _ in wakeup_tails)
-        values["wakeup_tail_share"] = statistics.median(q for _, q in wakeup_tails)
+        values["wakeup_tail"], values["wakeup_tail_per_load"] = fit_tail_line(wakeup_tails)
+        values["wakeup_tail_share"] = statistics.median(q for _, q, _ in wakeup_tails)
+        values["wakeup_tail_ceiling"] = max((u for _, _, u in wakeup_tails if u), default=1.0)
+        means = ", ".join(
+            f"{mean:.0f}" + ("" if load is None else f" at {load:.1%}")
+            for mean, _, load in sorted(wakeup_tails, key=lambda p: p[2] or 0.0)
+        )
         notes.append(
-            f"wakeup_tail = {values['wakeup_tail']:.0f} µs on {values['wakeup_tail_share']:.0%}"
-            f" of wake-ups: p50/p99 delay excess over the sim of {', '.join(SINGLE_WAKE)} "
-            f"({len(wakeup_tails)} points)"
+            f"wakeup_tail = {values['wakeup_tail']:.0f} µs + "
+            f"{values['wakeup_tail_per_load'] / 100:.2f} µs per point of the cores' busy "
+            f"share (wakeup_tail_per_load = {values['wakeup_tail_per_load']:.0f}) up to "
+            f"{values['wakeup_tail_ceiling']:.1%} (wakeup_tail_ceiling: the busiest point), on "
+            f"{values['wakeup_tail_share']:.0%} of wake-ups: the line through the tails of "
+            f"{', '.join(SINGLE_WAKE)}'s p50/p99 delay excess over the sim against Kamailio's "
+            f"busy share at each fit point (µs: {means})"
         )
     cpu, cpu_notes = _cpu_costs(base, message_scale, deferral_total_us, sleep_wake_us)
     values.update(cpu)
@@ -397,7 +432,7 @@ def fit_from_runs(
     if "inline" in specs:
         message_scale, deferral, sleep_wake = _message_and_deferral(specs, rates, kam, sim, base,
                                                                     load, cores)  # fmt: skip
-    tails = _wakeup_tails(specs, rates, kam, sim)
+    tails = _wakeup_tails(specs, rates, kam, sim, cores)
     profile, notes = fitted_profile(base, fits, message_scale, deferral, phases, tails,
                                     sleep_wake)  # fmt: skip
     if load is not None:
@@ -457,6 +492,13 @@ class LoadFit:
             "(empty timer passes count towards no load); the floor is the lightest such load, "
             "the ceiling the busiest"
         )
+
+
+def busy_share(figures: Mapping[str, Any], cores: int) -> float | None:
+    """The busy share of the cores under a run's load, everything included: what a woken
+    process competes with for a core (`fit_tail_line`)."""
+    busy = figures.get("load_cpu_pct_core")
+    return busy / 100 / cores if busy else None
 
 
 def work_load(figures: Mapping[str, Any], cores: int) -> float | None:
@@ -536,9 +578,10 @@ def _message_and_deferral(
 
 
 def _wakeup_tails(
-    specs: Sequence[str], rates: Sequence[float], kam: Figures, sim: Figures
-) -> list[tuple[float, float]]:
-    """`fit_wakeup_tail` of every point of a single-wake-up strategy with delays on both sides."""
+    specs: Sequence[str], rates: Sequence[float], kam: Figures, sim: Figures, cores: int
+) -> list[TailPoint]:
+    """`fit_wakeup_tail` of every point of a single-wake-up strategy with delays on both
+    sides, with Kamailio's busy share there."""
     tails = []
     for spec in specs:
         if strategies.parse_spec(spec).name not in SINGLE_WAKE:
@@ -550,7 +593,7 @@ def _wakeup_tails(
             tail = fit_wakeup_tail(k["delay_p50_ms"] - m["delay_p50_ms"],
                                    k["delay_p99_ms"] - m["delay_p99_ms"])  # fmt: skip
             if tail is not None:
-                tails.append(tail)
+                tails.append((*tail, busy_share(k, cores)))
     return tails
 
 

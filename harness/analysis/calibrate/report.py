@@ -238,12 +238,8 @@ def _delay_reasons(kam: Mapping[str, Any], sim: Mapping[str, Any]) -> str:
     if kt is not None and st is not None and abs(kt - st) > max(0.1 * kt, 0.5):
         why.append(
             f"tail p99 − p50 is {kt:.2f} ms in Kamailio, {st:.2f} ms in the sim: the sim's "
-            "wake-up tail is one fit over every rate, "
-            + (
-                "and Kamailio's grows with the load (the load generator shares its cores)"
-                if kt > st
-                else "longer than Kamailio's at this rate"
-            )  # fmt: skip
+            "wake-up tail is a line in the load through the single-wake-up strategies' fit "
+            "points, " + ("shorter" if kt > st else "longer") + " than Kamailio's here"
         )
     for side, figs in (("Kamailio", kam), ("sim", sim)):
         bad = {k: v for k, v in figs["ledger"].items() if k not in ("transactions", "resumed",
