@@ -317,6 +317,7 @@ class Stalls:
         return mean * (1.0 - self.share) / self.share
 
     def _mean(self, now: float) -> float:
+        """The episodes' mean now: `base`, plus `per_load` × the last window's busy share."""
         cpu = self.cpu
         if self.per_load and cpu is not None:
             since, busy = self._mark

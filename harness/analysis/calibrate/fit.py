@@ -204,6 +204,14 @@ def fit_wakeup_tail(excess_p50_ms: float, excess_p99_ms: float) -> tuple[float, 
     return tail * 1e3, share
 
 
+def least_squares(xy: Sequence[tuple[float, float]]) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line through `xy` (two distinct x at least)."""
+    mx = statistics.fmean(x for x, _ in xy)
+    my = statistics.fmean(y for _, y in xy)
+    slope = sum((x - mx) * (y - my) for x, y in xy) / sum((x - mx) ** 2 for x, _ in xy)
+    return slope, my - slope * mx
+
+
 TailPoint = tuple[float, float, float | None]
 """A single-wake-up point's tail: (mean µs, share) as `fit_wakeup_tail` gives them, and
 Kamailio's busy share there (`busy_share`; None if not measured)."""
@@ -217,12 +225,9 @@ def fit_tail_line(points: Sequence[TailPoint]) -> tuple[float, float]:
     flat = (statistics.median(mean for mean, _, _ in points), 0.0)
     if len({load for load, _ in loaded}) < 2:
         return flat
-    mx = statistics.fmean(x for x, _ in loaded)
-    my = statistics.fmean(y for _, y in loaded)
-    slope = sum((x - mx) * (y - my) for x, y in loaded) / sum((x - mx) ** 2 for x, _ in loaded)
+    slope, intercept = least_squares(loaded)
     if slope <= 0:
         return flat
-    intercept = my - slope * mx
     if intercept < 0:  # through the origin instead: no negative stall at light load
         slope = sum(x * y for x, y in loaded) / sum(x * x for x, _ in loaded)
         intercept = 0.0
@@ -530,9 +535,7 @@ def fit_load(specs: Sequence[str], rates: Sequence[float], kam: Figures,
             xy.append((math.log(load), math.log(marginal)))
         if len(xy) < 2 or len({x for x, _ in xy}) < 2:
             continue
-        mx, my = statistics.fmean(x for x, _ in xy), statistics.fmean(y for _, y in xy)
-        slope = sum((x - mx) * (y - my) for x, y in xy) / sum((x - mx) ** 2 for x, _ in xy)
-        slopes.append(-slope)
+        slopes.append(-least_squares(xy)[0])
     if not slopes:
         return None
     exponent = min(1.0, max(0.0, statistics.median(slopes)))
