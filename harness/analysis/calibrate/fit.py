@@ -499,26 +499,23 @@ class LoadFit:
         )
 
 
-def busy_share(figures: Mapping[str, Any], cores: int) -> float | None:
-    """The busy share of the cores under a run's load, everything included: what a woken
-    process competes with for a core (`fit_tail_line`)."""
-    busy = figures.get("load_cpu_pct_core")
-    return busy / 100 / cores if busy else None
-
-
-def work_load(figures: Mapping[str, Any], cores: int) -> float | None:
-    """The busy share of the cores a run's load added above its idle one: what the
-    messages kept busy (the timers' empty passes, there at idle too, warm nothing)."""
+def busy_share(figures: Mapping[str, Any], cores: int, above_idle: bool = False) -> float | None:
+    """The busy share of the cores under a run's load (None if not measured): everything,
+    what a woken process competes with for a core (`fit_tail_line`); or, `above_idle`, what
+    the load added to the idle share, what the messages kept busy (the timers' empty
+    passes, there at idle too, warm nothing: `fit_load`)."""
     busy = figures.get("load_cpu_pct_core")
     if not busy:
         return None
-    return max(0.0, busy - (figures.get("idle_cpu_pct_core") or 0.0)) / 100 / cores
+    if above_idle:
+        busy = max(0.0, busy - (figures.get("idle_cpu_pct_core") or 0.0))
+    return busy / 100 / cores
 
 
 def fit_load(specs: Sequence[str], rates: Sequence[float], kam: Figures,
              cores: int) -> LoadFit | None:  # fmt: skip
     """`LoadFit` from Kamailio's points: per strategy, the least-squares slope of log
-    marginal CPU per re-INVITE against log `work_load` over the fit `rates` (at least
+    marginal CPU per re-INVITE against log `busy_share` above idle over the fit `rates` (at least
     two); the median slope, within [0, 1], between the lightest and the busiest work
     load fitted. None without a strategy to fit."""
     slopes, loads = [], []
@@ -528,7 +525,7 @@ def fit_load(specs: Sequence[str], rates: Sequence[float], kam: Figures,
             f = kam.get((spec, r))
             if f is None:
                 continue
-            load, marginal = work_load(f, cores), f["marginal_us_per_reinvite"]
+            load, marginal = busy_share(f, cores, above_idle=True), f["marginal_us_per_reinvite"]
             if not load or not marginal or marginal <= 0:
                 continue
             loads.append(load)
@@ -559,7 +556,7 @@ def _message_and_deferral(
         value = marg(kam, spec, rate)
         if value is None or load is None:
             return value
-        return value / load.factor(work_load(kam[spec, rate], cores))
+        return value / load.factor(busy_share(kam[spec, rate], cores, above_idle=True))
 
     pairs = [(idle_price("inline", r), marg(sim, "inline", r)) for r in rates]
     pairs = [(k, s) for k, s in pairs if k is not None and s is not None]
