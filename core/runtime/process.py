@@ -62,7 +62,7 @@ class Put:
         self.item = item
 
 
-Op = Compute | Pass | Sleep | Get | Put
+Op = Compute | Sleep | Get | Put  # a Pass is a Compute
 
 _LATER = object()  # `Process._woken`: the program resumes from a posted event
 Program = Generator[Op, Any, Any]
@@ -304,29 +304,24 @@ class Stalls:
         self.share = share
         self.common = common
         self.base = mean_s
-        self.per_load = per_load if cpu is not None else 0.0
+        self.per_load = per_load
         self.ceiling = ceiling
-        self.cpu = cpu
-        self.mean = mean_s
+        self.cpu = cpu if per_load else None  # read only for a tail that grows with it
         self._mark = (kernel.now, cpu.busy_total if cpu is not None else 0.0)
         self._busy = 0.0  # the cores' busy share over the window before `_mark`, capped
         self.start = self.end = kernel.now  # in a gap from now on
 
-    def _gap_mean(self, mean: float) -> float:
-        """Gaps long enough for episodes of `mean` to cover `share` of the time."""
-        return mean * (1.0 - self.share) / self.share
-
     def _mean(self, now: float) -> float:
         """The episodes' mean now: `base`, plus `per_load` × the last window's busy share."""
         cpu = self.cpu
-        if self.per_load and cpu is not None:
-            since, busy = self._mark
-            if now - since >= LOAD_WINDOW:
-                busy = (cpu.busy_total - busy) / ((now - since) * cpu.cores)
-                self._busy = min(busy, self.ceiling)
-                self._mark = (now, cpu.busy_total)
-            self.mean = self.base + self.per_load * self._busy
-        return self.mean
+        if cpu is None:
+            return self.base
+        since, busy = self._mark
+        if now - since >= LOAD_WINDOW:
+            busy = (cpu.busy_total - busy) / ((now - since) * cpu.cores)
+            self._busy = min(busy, self.ceiling)
+            self._mark = (now, cpu.busy_total)
+        return self.base + self.per_load * self._busy
 
     def __call__(self) -> float:
         rng = self.rng
@@ -351,7 +346,7 @@ class Stalls:
         if mean <= 0.0:
             self.start = self.end = now
             return
-        gap = self._gap_mean(mean)
+        gap = mean * (1.0 - self.share) / self.share  # episodes then cover `share` of the time
         if rng.random() < self.share * -math.expm1((self.end - now) * (1.0 / mean + 1.0 / gap)):
             self.start = now
         else:

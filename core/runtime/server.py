@@ -170,8 +170,9 @@ class Server:
         self._jitter = self.costs.seconds("sleep_overshoot_jitter")
         # The wake-up tail is the load's (traffic and the co-located load generator compete
         # for the cores): Kamailio's idle timers show none, so it starts with the traffic.
-        tail = self.costs.wakeup_tail + self.costs.wakeup_tail_per_load
-        self._tail_on_traffic = tail > 0 and self.costs.wakeup_tail_share > 0
+        costs = self.costs
+        tail = costs.wakeup_tail > 0 or costs.wakeup_tail_per_load > 0
+        self._tail_on_traffic = tail and costs.wakeup_tail_share > 0
         for i in range(self.settings.children):
             self.spawn("sip-worker", f"udp receiver child={i}", self._sip_worker)
         self._slow_timer_due = Queue(kernel, "slow timer", 1)
