@@ -113,6 +113,21 @@ def test_importing_strategies_loads_no_harness_module() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_command_line_starts_without_plotting_or_the_cluster() -> None:
+    """`deferbench --help` and every command's parsing load no matplotlib, numpy or dask:
+    a second of startup for nothing (they load when a plot is drawn or a cluster used)."""
+    heavy = ("matplotlib", "numpy", "dask", "distributed")
+    code = (
+        "import sys, harness.cli; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def _functions(tree: ast.AST) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):

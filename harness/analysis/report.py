@@ -14,7 +14,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 import strategies
-from harness.analysis import page, plots
+from harness.analysis import page
 from harness.measure.results import RunResult
 
 
@@ -196,6 +196,8 @@ def _ratio(x: float | None, y: float | None) -> str:
 
 def write_plots(result: RunResult, directory: Path) -> list[Path]:
     """The latency spectrum and delay CDF of every strategy, next to the result."""
+    from harness.analysis import plots  # matplotlib: loaded only when a plot is drawn
+
     rate = f"{result.load.call_rate:g} calls/s = {result.load.reinvite_rate:g} re-INVITEs/s"
     spectra = {}
     e2e = {}
