@@ -62,6 +62,22 @@ class TimerHeap:
         self._running += 1
         return entry
 
+    def clear(self) -> None:
+        """Drop every timer, unlinking each transaction from the entry that carries or queues
+        it (the two refer to each other): once its owner lets go, reference counting frees
+        it without the cyclic collector (`harness.targets.sim.SimRun.release`)."""
+        for entry in self._heap:
+            if getattr(entry[2], "_carrier", None) is entry:
+                entry[2]._carrier = None
+            entry[2] = None
+        for queue in self._lingering.values():
+            for entry in queue:
+                if entry[2]._carrier is entry:
+                    entry[2]._carrier = None
+        self._heap.clear()
+        self._lingering.clear()
+        self._dead = self._running = 0
+
     def cancel(self, entry: list[Any]) -> None:
         if entry[4]:
             self._running -= 1

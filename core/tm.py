@@ -288,6 +288,12 @@ class TransactionTable:
         self.stats["transactions_freed"] += 1
         return deferred
 
+    def close(self) -> None:
+        """Free every cell and drop every timer: the proxy is done (see `TimerHeap.clear`)."""
+        for cell in list(self.cells.values()):
+            self.free(cell)
+        self.timers.clear()
+
     def server_outputs(self, cell: Cell, outputs: Iterable, now: float) -> list[Action]:
         """What the cell's server transaction produced: sends go out; once it terminates, the
         cell goes on its wait timer."""

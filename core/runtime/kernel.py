@@ -46,6 +46,10 @@ class TimerHandle:
         self.cancelled = True
 
 
+def _nothing() -> None:
+    """What a cleared handle would call."""
+
+
 class Kernel:
     """Discrete-event scheduler shared by every simulated process of one server."""
 
@@ -128,6 +132,15 @@ class Kernel:
         if when > self.now:
             self.now = self._ahead = when
         return True
+
+    def clear(self) -> None:
+        """Drop every scheduled callback, and what the handles still held point to (the run
+        is over: nothing will drive it again; a handle kept by the object its callback
+        belongs to is a reference cycle)."""
+        for _, _, handle, _, _ in self._heap:
+            if handle is not None:
+                handle.callback, handle.args = _nothing, ()
+        self._heap.clear()
 
     def next_time(self) -> float | None:
         """Time of the next live callback, dropping cancelled ones on the way."""

@@ -113,6 +113,12 @@ class Process:
         self._program = program
         self.kernel.post(self.kernel.now, self._resume, None)
 
+    def stop(self) -> None:
+        """End the program where it waits (`GeneratorExit` in it); the process runs no more."""
+        program, self._program = self._program, None
+        if program is not None:
+            program.close()
+
     # ------------------------------------------------------------------ stepping
 
     def _resume(self, value: Any) -> None:

@@ -77,6 +77,11 @@ class Endpoint(ABC):
     def next_deadline(self) -> float | None:
         return self._heap.next_deadline()
 
+    def close(self) -> None:
+        """Drop every timer and transaction at once (the run is over), so that reference
+        counting frees them (see `TimerHeap.clear`)."""
+        self._heap.clear()
+
     def expire(self, now: float) -> list[Send]:
         """Fire every timer due at or before `now`: retransmissions, timeouts, next steps."""
         sends: list[Send] = []

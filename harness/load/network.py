@@ -178,6 +178,11 @@ class SimNetwork:
             raise ValueError(f"address {address} is already attached")
         self._hosts[address] = _Attachment(receiver, owns, takes_bytes)
 
+    def close(self) -> None:
+        """Detach every host (the run is over): receivers hold their hosts, which send
+        through the network, a cycle that would keep the whole run alive."""
+        self._hosts.clear()
+
     def link(self, source: Address, destination: Address) -> Link:
         """The link settings datagrams from `source` to `destination` use."""
         path = self._path(source, destination)

@@ -119,6 +119,24 @@ class UacFigures:
         return cls(lambda end: sum(1 for t in sent if t < end), latency, calls_unfinished)
 
 
+class _Delays:
+    """Where a `DeferralTally`'s delays go, in suspend order: their distribution and how
+    many came before `early_below`. Not a method of the tally: its `InOrder` would then
+    hold the tally that holds it, a cycle that keeps a finished run's ledger alive."""
+
+    __slots__ = ("distribution", "early", "early_below")
+
+    def __init__(self, early_below: float) -> None:
+        self.distribution = Distribution()
+        self.early = 0
+        self.early_below = early_below
+
+    def __call__(self, delay: float) -> None:
+        self.distribution.record(delay)
+        if delay < self.early_below:
+            self.early += 1
+
+
 class DeferralTally:
     """Deferral records accounted as each becomes final, so a run keeps no record per
     deferral: resumes and stale continues go to the ledger, the delay into `delay` in
@@ -146,10 +164,9 @@ class DeferralTally:
         self.ledger = ledger
         self._role_of = role_of
         self.requested = requested
-        self.delay = Distribution()
-        self._early = 0
-        self._early_below = requested - EARLY_EPSILON_S
-        self._delays = InOrder(self._take)
+        self._taken = _Delays(requested - EARLY_EPSILON_S)
+        self.delay = self._taken.distribution
+        self._delays = InOrder(self._taken)
         self.resumed_by: Counter[str] = Counter()
         self._retired_ids = array("Q")  # packed txn ids of retired ledger entries...
         self._retired_entries = array("B")  # ...and the ledger's value of each
@@ -157,11 +174,6 @@ class DeferralTally:
 
     def opened(self, deferral: Any) -> None:
         deferral.slot = self._delays.open()
-
-    def _take(self, delay: float) -> None:
-        self.delay.record(delay)
-        if delay < self._early_below:
-            self._early += 1
 
     def retired(self, deferral: Any) -> None:
         """A `core.runtime.server.Deferral` that can no longer change (or the run ended)."""
@@ -215,7 +227,7 @@ class DeferralTally:
     def early_share(self) -> float | None:
         """Share of the delays shorter than `requested` by more than 1 ns (`early_share` in
         `harness.measure.metrics`, counted as they came); None when there are none."""
-        return self._early / len(self.delay) if len(self.delay) else None
+        return self._taken.early / len(self.delay) if len(self.delay) else None
 
 
 def cpu_figures(window: CpuWindow, idle: CpuWindow | None, sent_in_window: int) -> dict[str, Any]:
