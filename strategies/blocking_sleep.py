@@ -54,15 +54,17 @@ class BlockingSleep(Strategy):
         started = server.now
         yield Sleep(self.values["ms"] / 1000 + server.overshoot())
         request = server.proxy.request_of(txn)
-        server.deferrals[txn] = Deferral(
-            txn,
-            started,
-            call_id=request.call_id if request is not None else "",
-            cseq=request.cseq.number if request is not None else 0,
-            resumed_at=server.now,
-            resumed_by=process.name,
-            outcome="resumed",
-            resumes=1,
+        server.record(
+            Deferral(
+                txn,
+                started,
+                call_id=request.call_id if request is not None else "",
+                cseq=request.cseq.number if request is not None else 0,
+                resumed_at=server.now,
+                resumed_by=process.name,
+                outcome="resumed",
+                resumes=1,
+            )
         )
         wake = server.costs.seconds("sleep_wake")  # the wake-up and the cold relay after it
         if wake:

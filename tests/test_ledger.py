@@ -345,3 +345,35 @@ def test_a_stale_continue_after_its_deferral_retired_still_reaches_the_ledger():
     assert only(ledger.close()) == {"resumed": 1, "stale": 2}
     tally.finish()
     assert len(tally.delay) == 3 and tally.delay.summary()["max"] == 10.0  # ms
+
+
+@given(st.data())
+def test_a_streamed_ledger_settles_unrecorded_transactions_with_the_same_summary(data):
+    """Sim protocol: a transaction's request reaches the UAS, then its final comes; one with
+    a deferral record is announced (`keep`) before either, and its resumes and stale
+    continues come later, its record retired after. The streamed ledger counts the others
+    as soon as both are in instead of keeping them, and sums up the same."""
+    n = 6
+    recorded = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    statuses = data.draw(st.lists(st.sampled_from(STATUSES), min_size=n, max_size=n))
+    order = data.draw(st.permutations(range(n)))
+    resumes = data.draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+    plain, streamed = Ledger(), Ledger(streamed=True)
+    for ledger in (plain, streamed):
+        for i in order:
+            key = ("call", i + 1)
+            ledger.open(key)
+            if recorded[i]:
+                ledger.keep(key)
+            ledger.reached_uas(key, "d", i + 1)
+            ledger.final(key, statuses[i])
+        for i in order:
+            if recorded[i]:
+                key = ("call", i + 1)
+                for _ in range(resumes[i]):
+                    ledger.resumed(key)
+                ledger.retire(key)
+    assert streamed.close() == plain.close()
+    settled = sum(not r and s != 408 for r, s in zip(recorded, statuses, strict=True))
+    assert len(streamed._entries) <= n - settled
+    assert streamed.close().unknown_events == 0

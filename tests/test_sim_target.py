@@ -458,3 +458,19 @@ def test_a_finished_run_is_freed_without_the_cyclic_collector(spec: str) -> None
     assert whole > 20_000
     assert left_short < 500
     assert left_long <= left_short + 50
+
+
+@pytest.mark.parametrize("spec", ["inline", "async-route:workers=1,async_workers=1"])
+def test_the_ledger_holds_only_the_transactions_still_open(spec: str) -> None:
+    """A re-INVITE the proxy never deferred (inline) is counted once the UAS has it and its
+    final is in, and a deferred one when its transaction is freed: a four times longer
+    run holds no more ledger entries at its end (those still in flight), the same count."""
+    short = parse_load("reinvite:rate=20/s,duration=3s,reinvites=10,gap=1ms")
+    long = parse_load("reinvite:rate=20/s,duration=12s,reinvites=10,gap=1ms")
+    held = []
+    for load in (short, long):
+        run = simulate(spec, load, 1, SETTINGS, measure_idle=False)
+        held.append(len(run.ledger._entries))
+        assert run.result["ledger"]["transactions"] > 400 * load.duration / 12
+        assert run.result["ledger"]["unknown_events"] == 0
+    assert held[1] <= held[0] + 5

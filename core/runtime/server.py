@@ -119,8 +119,9 @@ class DeferralSink(Protocol):
     `opened` when a suspension is first recorded (the sink may give it a `slot`);
     `retired` when its transaction is freed, after which the server forgets the record
     (nothing but a stale continue can touch it any more); `stale` for a continue that finds
-    nothing and whose record was retired already. Records never retired (still live at
-    the end, or written by a strategy without a suspension) stay in `Server.deferrals`.
+    nothing and whose record was retired already; `recorded` for a record a strategy
+    writes without a suspension (`record`), accounted at the end. Records never retired
+    (still live at the end, or written without a suspension) stay in `Server.deferrals`.
     """
 
     def opened(self, deferral: Deferral) -> None: ...
@@ -128,6 +129,8 @@ class DeferralSink(Protocol):
     def retired(self, deferral: Deferral) -> None: ...
 
     def stale(self, txn: TxnId) -> None: ...
+
+    def recorded(self, deferral: Deferral) -> None: ...
 
 
 class Server:
@@ -393,6 +396,13 @@ class Server:
                     self.deferral_sink.stale(txn)
         yield from self.apply(process, actions)
         return outcome
+
+    def record(self, deferral: Deferral) -> None:
+        """Keep the record of a deferral made without a suspension (a blocking sleep): it
+        stays until the end, where it is accounted."""
+        self.deferrals[deferral.txn] = deferral
+        if self.deferral_sink is not None:
+            self.deferral_sink.recorded(deferral)
 
     def _note(self, event: SuspensionEvent) -> None:
         kind = event.kind

@@ -174,6 +174,12 @@ class DeferralTally:
 
     def opened(self, deferral: Any) -> None:
         deferral.slot = self._delays.open()
+        self.ledger.keep((deferral.call_id, deferral.cseq))
+
+    def recorded(self, deferral: Any) -> None:
+        """A record written without a suspension, accounted at the end: its ledger entry is
+        kept until then."""
+        self.ledger.keep((deferral.call_id, deferral.cseq))
 
     def retired(self, deferral: Any) -> None:
         """A `core.runtime.server.Deferral` that can no longer change (or the run ended)."""

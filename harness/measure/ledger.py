@@ -84,12 +84,15 @@ class LedgerSummary:
 
 
 # What the ledger keeps of one transaction, packed in a small int (CPython shares those:
-# an entry costs its key and a dict slot): resumes seen (0, 1, 2 = more), the stale and
-# reordered flags, and the class of the first final response.
+# an entry costs its key and a dict slot) below 256: resumes seen (0, 1, 2 = more), the
+# stale and reordered flags, the class of the first final response and whether the UAS
+# received it.
 _RESUMES = 0b11
 _STALE = 1 << 2
 _REORDERED = 1 << 3
 _FINAL_SHIFT = 4
+_FINAL = 0b111 << _FINAL_SHIFT
+_REACHED = 1 << 7
 _NO_FINAL, _RACE, _TIMEOUT, _ERROR_5XX, _OTHER, _SUCCESS = range(6)
 _BY_FINAL = {
     _NO_FINAL: "lost",
@@ -106,10 +109,19 @@ class Ledger:
 
     `race_code` is the final status counted as a lost glare race (the load's race_code).
     Each transaction costs its key and a small int (see `_RESUMES`), not a record.
+
+    `streamed`: every deferral record to come is announced as soon as it exists (`keep`),
+    and retired when its transaction is freed (`retire`), as the sim's servers do. Then a
+    transaction with no record is counted, not kept, once the UAS has it and its final
+    response is in (nothing left can change its outcome), so a long run keeps no entry per
+    undeferred re-INVITE (`inline`, or a strategy that relays undelayed). Targets that
+    hand their records over at the end keep every entry until then.
     """
 
-    def __init__(self, race_code: int = 491) -> None:
+    def __init__(self, race_code: int = 491, streamed: bool = False) -> None:
         self.race_code = race_code
+        self.streamed = streamed
+        self._kept: set[Key] = set()  # `streamed`: with a record to come (`keep`)
         self._entries: dict[Key, int] = {}
         self._highest_cseq: dict[Any, int] = {}
         self.unknown_events = 0
@@ -126,15 +138,26 @@ class Ledger:
         packed value returned for `retired_stale`. Not done (None) while it has no final
         response, or when that is a 408, which the UAC also gives itself on Timer B while
         the request may still reach the UAS (and so be found reordered)."""
+        self._kept.discard(key)
         entry = self._entries.get(key)
         if entry is None:
             return None
-        final = entry >> _FINAL_SHIFT
-        if final in (_NO_FINAL, _TIMEOUT):
+        return self._settle(key, entry)
+
+    def _settle(self, key: Key, entry: int) -> int | None:
+        """Count `entry` as retired and forget its key, once its final is neither missing
+        nor a 408; its value, else None."""
+        if (entry & _FINAL) >> _FINAL_SHIFT in (_NO_FINAL, _TIMEOUT):
             return None
         del self._entries[key]
         self._retired[entry] += 1
         return entry
+
+    def keep(self, key: Key) -> None:
+        """This transaction has a deferral record still to come (`streamed` only): it is
+        kept until its record is retired, whatever the UAS and the UAC saw."""
+        if self.streamed:
+            self._kept.add(key)
 
     def retired_stale(self, entry: int) -> int:
         """`stale` for a retired transaction, given the value `retire` returned (or this
@@ -176,8 +199,11 @@ class Ledger:
         entry = self._entry(key)
         if entry is None:
             return
-        if entry >> _FINAL_SHIFT == _NO_FINAL:
-            self._entries[key] = entry | self._final_class(status) << _FINAL_SHIFT
+        if entry & _FINAL == 0:  # _NO_FINAL
+            entry |= self._final_class(status) << _FINAL_SHIFT
+            self._entries[key] = entry
+            if self.streamed and entry & _REACHED and key not in self._kept:
+                self._settle(key, entry)
 
     def resumed(self, key: Key) -> None:
         """The proxy ran the continuation of this transaction (twice or more: duplicated)."""
@@ -196,9 +222,10 @@ class Ledger:
             return
         highest = self._highest_cseq.get(dialog)
         if highest is not None and cseq < highest:
-            self._entries[key] = entry | _REORDERED
+            entry |= _REORDERED
         else:
             self._highest_cseq[dialog] = cseq
+        self._entries[key] = entry | _REACHED
 
     def dialog_ended(self, dialog: Any) -> None:
         """The UAS ended `dialog`: no re-INVITE on it reaches the UAS any more, so its
@@ -221,7 +248,7 @@ class Ledger:
             return "stale"
         if entry & _REORDERED:
             return "reordered"
-        return _BY_FINAL[entry >> _FINAL_SHIFT]
+        return _BY_FINAL[(entry & _FINAL) >> _FINAL_SHIFT]
 
     def close(self) -> LedgerSummary:
         """Give each transaction its one outcome; transactions with no final response are lost.

@@ -280,7 +280,8 @@ def _run_loaded(
     async def main() -> None:
         kernel = Kernel()
         proxy = settings.address
-        ledger = Ledger(race_code=load.race_code)
+        # streamed records: the ledger hears of each suspension as it happens
+        ledger = Ledger(race_code=load.race_code, streamed=not keep_records)
         network = SimNetwork(kernel, seed, proxy=proxy, wire=wire, **links.as_kwargs())
         send = network.send
 
