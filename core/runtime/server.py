@@ -120,8 +120,8 @@ class DeferralSink(Protocol):
     `retired` when its transaction is freed, after which the server forgets the record
     (nothing but a stale continue can touch it any more); `stale` for a continue that finds
     nothing and whose record was retired already; `recorded` for a record a strategy
-    writes without a suspension (`record`), accounted at the end. Records never retired
-    (still live at the end, or written without a suspension) stay in `Server.deferrals`.
+    writes whole, without a suspension (`record`). Records never retired (still live at
+    the end) stay in `Server.deferrals`.
     """
 
     def opened(self, deferral: Deferral) -> None: ...
@@ -398,11 +398,12 @@ class Server:
         return outcome
 
     def record(self, deferral: Deferral) -> None:
-        """Keep the record of a deferral made without a suspension (a blocking sleep): it
-        stays until the end, where it is accounted."""
-        self.deferrals[deferral.txn] = deferral
+        """The whole record of a deferral made without a suspension (a blocking sleep):
+        nothing can change it, so a sink accounts it at once; else it is kept."""
         if self.deferral_sink is not None:
             self.deferral_sink.recorded(deferral)
+        else:
+            self.deferrals[deferral.txn] = deferral
 
     def _note(self, event: SuspensionEvent) -> None:
         kind = event.kind

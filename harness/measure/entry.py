@@ -177,15 +177,17 @@ class DeferralTally:
         self.ledger.keep((deferral.call_id, deferral.cseq))
 
     def recorded(self, deferral: Any) -> None:
-        """A record written without a suspension, accounted at the end: its ledger entry is
-        kept until then."""
-        self.ledger.keep((deferral.call_id, deferral.cseq))
+        """A record written whole, without a suspension: accounted now, nothing kept (no
+        continue can find it later)."""
+        self._account(deferral, self._role(deferral))
+
+    def _role(self, deferral: Any) -> str:
+        by = deferral.resumed_by
+        return "" if not by else self._role_of(by) if self._role_of else "unknown"
 
     def retired(self, deferral: Any) -> None:
         """A `core.runtime.server.Deferral` that can no longer change (or the run ended)."""
-        by = deferral.resumed_by
-        role = "" if not by else self._role_of(by) if self._role_of else "unknown"
-        key = self._account(deferral, role)
+        key = self._account(deferral, self._role(deferral))
         txn = deferral.txn
         entry = self.ledger.retire(key)
         if entry is None:
