@@ -298,6 +298,11 @@ class LiveProxy:
             record = DeferralRecord.of(deferral, self._role_of)
             self._spool.write(json.dumps(record.to_json()) + "\n")
 
+    def recorded(self, deferral: Deferral) -> None:
+        """A record written whole, without a suspension (a blocking sleep): nothing can
+        change it, so it is counted and spooled at once, as a retired one."""
+        self.retired(deferral)
+
     def stale(self, txn: TxnId) -> None:
         """A continue after the record was retired (and written): counted only."""
         self.counters["stale continues after the record was written"] += 1
