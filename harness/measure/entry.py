@@ -145,14 +145,15 @@ class DeferralTally:
     `requested` (`early_share`), the resuming role into a counter.
 
     It is the sink a sim server streams to (`core.runtime.server.DeferralSink`): `opened`
-    gives a suspension its place, `retired` accounts it when its transaction is freed (and
-    retires its ledger entry too), and `stale` reports a continue that comes after that.
+    gives a suspension its place (and tells the ledger to keep its entry), `retired`
+    accounts it when its transaction is freed (and retires its ledger entry too), `stale`
+    reports a continue that comes after that, and `recorded` accounts at once a record
+    written whole without a suspension (a blocking sleep).
     For that last case it keeps each retired transaction's packed id with the ledger's
     value of its entry in two arrays (9 bytes a deferral; a stale continue is rare, so it
     is looked up by a scan), or its key in a dict if the ledger kept the entry (no final
-    yet, or a 408). `role_of` maps a process name to its role. Records handed to `add`
-    without a place (a strategy that records without suspending, other targets) follow in
-    the order given.
+    yet, or a 408). `role_of` maps a process name to its role. Records without a place
+    (`recorded`, or handed to `add` by other targets) follow in the order given.
     """
 
     def __init__(
