@@ -410,3 +410,42 @@ def test_sipp_binary_honours_the_environment(monkeypatch):
     assert sipp.sipp_binary() == sys.executable
     monkeypatch.delenv("DEFERBENCH_SIPP")
     assert sipp.sipp_binary() == shutil.which("sipp")
+
+
+FAKE_SIPP = """#!{python}
+import socket, sys, time
+from pathlib import Path
+tries = Path("tries")
+n = int(tries.read_text()) + 1 if tries.exists() else 1
+tries.write_text(str(n))
+if n <= {failing}:
+    Path("uas-errors.log").write_text("Unable to bind UDP socket: Address already in use\\n")
+    sys.exit(1)
+port = int(sys.argv[sys.argv.index("-p") + 1])
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s.bind(("127.0.0.1", port))
+    time.sleep(5)
+"""
+
+
+@pytest.mark.parametrize("failing", [1, 3])
+def test_a_sipp_uas_that_exits_before_binding_is_started_again_on_a_new_port(tmp_path, failing):
+    """Its port, free when probed, can be taken before SIPp binds it: a UAS that exits at
+    once is started again on another port, up to three times, then the run fails in one
+    line naming what SIPp said."""
+    fake = tmp_path / "sipp"
+    fake.write_text(FAKE_SIPP.format(python=sys.executable, failing=failing))
+    fake.chmod(0o755)
+    workdir = tmp_path / "work"
+    pair = SippPair(workdir, ("127.0.0.1", 9), SippPlan(1.0, 1, 1, 1, 5.0), binary=str(fake))
+    first_port = pair.uas_port
+    try:
+        if failing < sipp.UAS_START_TRIES:
+            anyio.run(pair.start_uas)
+            assert pair.uas_port != first_port
+            assert (workdir / "tries").read_text() == str(failing + 1)
+        else:
+            with pytest.raises(sipp.SippError, match="3 tries.*Address already in use"):
+                anyio.run(pair.start_uas)
+    finally:
+        pair.stop()

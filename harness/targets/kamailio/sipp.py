@@ -479,6 +479,12 @@ def parse_uas_log(text: str) -> tuple[int, int]:
 # ---------------------------------------------------------------------------- the pair
 
 
+UAS_START_TRIES = 3
+"""SIPp UAS starts, each on a new port, before a run gives up: the port is free when probed
+and SIPp binds it a moment later, so another process can take it in between (seen once in
+a CI run: the UAS exited at once)."""
+
+
 def free_udp_port(host: str = "127.0.0.1") -> int:
     """A UDP port nobody is bound to right now (SIPp binds it a moment later)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -548,15 +554,25 @@ class SippPair:
             )  # fmt: skip
 
     async def start_uas(self, timeout: float = READY_TIMEOUT) -> None:
-        """Start the UAS and wait (bounded) until it has bound its port."""
+        """Start the UAS and wait (bounded) until it has bound its port; a UAS that exits
+        first is started again on a new port (`UAS_START_TRIES`)."""
         if self.plan.calls == 0:
             return
-        self.uas = self._spawn(self._command("uas", self.uas_port), "uas")
         deadline = time.monotonic() + timeout
-        while not _bound(self.uas_port):
-            if self.uas.poll() is not None or time.monotonic() > deadline:
-                raise SippError(f"the SIPp UAS did not start: {self._tail('uas')}")
-            await anyio.sleep(_POLL)
+        for attempt in range(UAS_START_TRIES):
+            if attempt:
+                self.uas_port = free_udp_port()
+            self.uas = self._spawn(self._command("uas", self.uas_port), "uas")
+            while not _bound(self.uas_port):
+                if self.uas.poll() is not None:
+                    break
+                if time.monotonic() > deadline:
+                    raise SippError(f"the SIPp UAS did not start in {timeout:g} s: "
+                                    f"{self._why('uas')}")  # fmt: skip
+                await anyio.sleep(_POLL)
+            else:
+                return
+        raise SippError(f"the SIPp UAS did not start ({UAS_START_TRIES} tries): {self._why('uas')}")
 
     def start_uac(self) -> float:
         """Start the UAC (calls begin at once); the wall-clock start."""
@@ -603,6 +619,12 @@ class SippPair:
             return (self.workdir / name).read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
+
+    def _why(self, side: str) -> str:
+        """What SIPp said when it stopped: its error log's last line, else its screen's."""
+        errors = [ln.strip() for ln in self._read(f"{side}-errors.log").splitlines()]
+        errors = [ln for ln in errors if ln]
+        return errors[-1] if errors else self._tail(side)
 
     def _tail(self, side: str) -> str:
         lines = [ln.strip() for ln in self._read(f"{side}.out").splitlines() if ln.strip()]
