@@ -313,7 +313,7 @@ class Stalls:
         self.per_load = per_load
         self.ceiling = ceiling
         self.cpu = cpu if per_load else None  # read only for a tail that grows with it
-        self._mark = (kernel.now, cpu.busy_total if cpu is not None else 0.0)
+        self._mark = (kernel.now, self.cpu.busy_total if self.cpu is not None else 0.0)
         self._busy = 0.0  # the cores' busy share over the window before `_mark`, capped
         self.start = self.end = kernel.now  # in a gap from now on
 

@@ -121,7 +121,7 @@ class Ledger:
     def __init__(self, race_code: int = 491, streamed: bool = False) -> None:
         self.race_code = race_code
         self.streamed = streamed
-        self._kept: set[Key] = set()  # `streamed`: with a record to come (`keep`)
+        self._to_come: set[Key] = set()  # `streamed`: with a record to come (`keep`)
         self._entries: dict[Key, int] = {}
         self._highest_cseq: dict[Any, int] = {}
         self.unknown_events = 0
@@ -138,7 +138,7 @@ class Ledger:
         packed value returned for `retired_stale`. Not done (None) while it has no final
         response, or when that is a 408, which the UAC also gives itself on Timer B while
         the request may still reach the UAS (and so be found reordered)."""
-        self._kept.discard(key)
+        self._to_come.discard(key)
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -157,7 +157,7 @@ class Ledger:
         """This transaction has a deferral record still to come (`streamed` only): it is
         kept until its record is retired, whatever the UAS and the UAC saw."""
         if self.streamed:
-            self._kept.add(key)
+            self._to_come.add(key)
 
     def retired_stale(self, entry: int) -> int:
         """`stale` for a retired transaction, given the value `retire` returned (or this
@@ -202,7 +202,7 @@ class Ledger:
         if entry & _FINAL == 0:  # _NO_FINAL
             entry |= self._final_class(status) << _FINAL_SHIFT
             self._entries[key] = entry
-            if self.streamed and entry & _REACHED and key not in self._kept:
+            if self.streamed and entry & _REACHED and key not in self._to_come:
                 self._settle(key, entry)
 
     def resumed(self, key: Key) -> None:
