@@ -378,6 +378,36 @@ def test_the_sim_repeats_each_point_with_new_seeds_as_kamailio_repeats_it():
     assert len(next(iter(idle.values()))) == 3  # one idle run serves every repeat
 
 
+def test_kamailios_repeats_run_in_rounds_that_alternate_direction(monkeypatch):
+    """Each repeat of a strategy lies in its own round of every strategy, so a drift in
+    Kamailio's speed over the calibration lands in each strategy's spread, not between
+    strategies; alternate rounds run backwards so a steady drift weighs on all alike."""
+    from types import SimpleNamespace
+
+    from core.runtime.server import ServerSettings
+    from harness.analysis.calibrate.runs import kamailio_points
+    from harness.targets.kamailio import target
+
+    order: list[tuple[str, str]] = []
+
+    def kamailio_run(spec, load, seed, settings, idle_window, driver):
+        what = "idle" if load.rate == 0 else f"{load.rate * load.reinvites:g}/s"
+        order.append((spec, what))
+        trace = SimpleNamespace(timer_passes={}, suspended_us=dict)
+        return SimpleNamespace(result={"n": len(order)}, trace=trace, sipp=None)
+
+    monkeypatch.setattr(target, "kamailio_run", kamailio_run)
+    loads = {rate: cal.load_for(rate, 1.0).spec for rate in (50.0, 200.0)}
+    specs = ["inline", "async-task"]
+    kam, idle, _, _ = kamailio_points(specs, loads, 1.0, 1, ServerSettings(cores=2), 3,
+                                      lambda _: None)  # fmt: skip
+    round_ = [(s, w) for s in ("inline", "async-task") for w in ("idle", "50/s", "200/s")]
+    backwards = [(s, w) for s in ("async-task", "inline") for w in ("idle", "50/s", "200/s")]
+    assert order == round_ + backwards + round_
+    assert [e["n"] for e in kam["inline", 50.0]] == [2, 11, 14]
+    assert [e["n"] for e in idle["async-task"]] == [4, 7, 16]
+
+
 def test_a_kept_kamailio_side_reads_back_as_it_was_written(tmp_path):
     from core.runtime.server import ServerSettings
 

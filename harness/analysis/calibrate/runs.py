@@ -73,7 +73,12 @@ def kamailio_points(
            Lateness]:  # fmt: skip
     """Kamailio's side, one run at a time (real CPU), SIPp driving every run (the idle ones
     start no call): per strategy and repeat an idle run (with its traced timer phases) and
-    a run at every rate (with how late SIPp ended each pause, `pause_pairs`)."""
+    a run at every rate (with how late SIPp ended each pause, `pause_pairs`).
+
+    The repeats run in rounds (`round_order`), each round every strategy once, so each
+    strategy's repeats span the whole calibration: Kamailio's cost per message drifts
+    within minutes on a shared box, and back-to-back repeats would hide that drift in the
+    spread and put it between the strategies instead."""
     from harness.targets.kamailio.target import kamailio_run
     from harness.targets.sim import idle_load
 
@@ -81,10 +86,10 @@ def kamailio_points(
     kam_idle: dict[str, list[dict[str, Any]]] = {}
     phases: list[tuple[PhaseFit, float]] = []
     late: Lateness = {}
-    for spec in specs:
-        interval = timer_interval("rtimer", strategies.parse_spec(spec).values)
-        for n in range(repeat):
-            tag = f" (run {n + 1}/{repeat})" if repeat > 1 else ""
+    for n in range(repeat):
+        tag = f" (run {n + 1}/{repeat})" if repeat > 1 else ""
+        for spec in round_order(specs, n):
+            interval = timer_interval("rtimer", strategies.parse_spec(spec).values)
             say(f"kamailio {spec}: idle {duration:g}s{tag}")
             run = kamailio_run(spec, idle_load(duration), seed, settings, idle_window=IDLE_WINDOW,
                                driver="sipp")  # fmt: skip
@@ -104,6 +109,13 @@ def kamailio_points(
                         pause_pairs(run.sipp.reinvites, spec_load.gap, suspended)
                     )
     return kam, kam_idle, phases, late
+
+
+def round_order(specs: Sequence[str], n: int) -> list[str]:
+    """The strategies in the order round `n` runs them: as given, reversed every other
+    round, so a drift that is steady over the calibration weighs on each strategy alike
+    (the first strategy of one round is the last of the next)."""
+    return list(specs) if n % 2 == 0 else list(reversed(specs))
 
 
 def pause_pairs(
