@@ -15,6 +15,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
@@ -319,6 +320,8 @@ def test_calibrate_two_strategies_writes_a_loadable_profile_and_prints_the_table
         assert text in proc.stdout
     kept = (out / "calibrate.txt").read_text()  # the printed report, kept beside its data
     assert "fidelity (within" in kept and kept in proc.stdout
+    # the host's steal is measured on every Kamailio run and summed up (limit: the default)
+    assert re.search(r"host steal during Kamailio's \d+ kept runs: .*\(limit 2\.0%", kept), kept
     document = json.loads((out / "calibration.json").read_text())
     assert [p["strategy"].partition(":")[0] for p in document["points"]] == [
         "inline",
@@ -421,6 +424,61 @@ def test_a_kept_kamailio_side_reads_back_as_it_was_written(tmp_path):
     )  # fmt: skip
     cal.save_side(side, tmp_path)
     assert cal.load_side(tmp_path) == side
+    disturbed = [{"run": "kamailio inline: idle 3s", "host_steal_share": 0.31}]
+    side = replace(side, max_steal=0.02, disturbed=disturbed)
+    cal.save_side(side, tmp_path)
+    assert cal.load_side(tmp_path) == side
+
+
+def _stolen(share: float | None) -> dict:
+    return {"cpu": {} if share is None else {"host_steal_share": share}}
+
+
+@pytest.mark.parametrize(
+    ("steals", "limit", "runs", "kept", "aside"),
+    [
+        ([0.001, 0.5], 0.02, 1, 0.001, []),  # quiet at once
+        ([0.3, 0.01, 0.5], 0.02, 2, 0.01, [0.3]),  # run again once
+        ([0.3, 0.1, 0.2], 0.02, 3, 0.1, [0.3, 0.2]),  # never quiet: the least disturbed
+        ([0.9, 0.0], None, 1, 0.9, []),  # no limit
+        ([None, 0.0], 0.02, 1, None, []),  # no steal figure on this machine
+    ],
+)
+def test_a_run_the_host_disturbed_is_run_again(steals, limit, runs, kept, aside):
+    from harness.analysis.calibrate.runs import least_disturbed, steal_of
+
+    made = iter(steals)
+    calls = []
+
+    def run():
+        calls.append(1)
+        return _stolen(next(made))
+
+    disturbed = []
+    said = []
+    entry = least_disturbed(run, lambda e: e, limit, "kamailio x", said.append, disturbed)
+    assert len(calls) == runs and steal_of(entry) == kept
+    assert [d["host_steal_share"] for d in disturbed] == aside
+    assert all(d["run"] == "kamailio x" for d in disturbed)
+    assert sum("run again" in line for line in said) == runs - 1
+    assert any("kept the least disturbed of 3 runs (10.0% stolen)" in line for line in said) == (
+        runs == 3 and kept == 0.1
+    )
+
+
+def test_the_steal_note_sums_up_the_kept_runs_and_those_run_again():
+    from core.runtime.server import ServerSettings
+
+    def side(entries, **kwargs):
+        return cal.KamailioSide(["inline"], [50.0], 3.0, 1, ServerSettings(cores=2), 1,
+                                {("inline", 50.0): entries}, {"inline": [_stolen(None)]},
+                                [], {}, **kwargs)  # fmt: skip
+
+    assert side([_stolen(None)]).steal_note() == "host steal during Kamailio's runs: not measured"
+    note = side([_stolen(0.001), _stolen(0.003), _stolen(0.03)], max_steal=0.02,
+                disturbed=[{"run": "x", "host_steal_share": 0.4}]).steal_note()  # fmt: skip
+    assert note == ("host steal during Kamailio's 3 kept runs: median 0.30%, max 3.00% "
+                    "(limit 2.0%; 1 disturbed run run again)")  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -515,7 +573,7 @@ def _fake_sides(monkeypatch, kamailio: dict, late_scale: float = 1.0) -> None:
     sim's fixed (any profile)."""
     from harness.analysis.calibrate import pipeline
 
-    def kamailio_points(specs, loads, duration, seed, settings, repeat, say):
+    def kamailio_points(specs, loads, duration, seed, settings, repeat, say, *_steal):
         kam = {(s, r): [_entry(s, r, *f) for f in kamailio[s.partition(":")[0], r]] for s in specs
                for r in loads}  # fmt: skip
         late = {r: _lateness(r, late_scale) for r in loads}

@@ -358,6 +358,7 @@ def test_cli_run_with_the_sipp_driver_is_clean_and_leaves_nothing(spec, tmp_path
     assert counters["sipp uac: calls successful"] == 80
     assert counters["sipp uas: ACKs missing"] == 0 and counters["sipp uas: calls failed"] == 0
     assert entry["e2e_ms"]["min"] > 0 and entry["cpu"]["per_txn_us"] > 0
+    assert 0.0 <= entry["cpu"]["host_steal_share"] <= 1.0  # the machine's, over the load
     if spec == "inline":
         assert counters.get("trace: suspends", 0) == 0 and entry["delay_ms"]["p50"] is None
     else:  # async ms: due = suspend + ms, never early (§3), resumed by the task worker

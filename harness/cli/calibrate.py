@@ -9,6 +9,7 @@ stays fast. The fitting itself lives in `harness.analysis.calibrate`.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 from dataclasses import replace
@@ -79,6 +80,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "500,...,3000; none: judge capacity over --rates only)",
     )  # fmt: skip
     p_cal.add_argument(
+        "--max-steal", default="2%", metavar="PERCENT|none",
+        help="run a Kamailio run again (up to 3 in all, the least disturbed kept) when the "
+        "machine's hypervisor gave more than this share of the CPU to others during it "
+        "(steal in /proc/stat; default 2%%; none: keep every first run)",
+    )  # fmt: skip
+    p_cal.add_argument(
         "--refit", metavar="DIR",
         help="no Kamailio: fit and judge the current sim against the Kamailio runs an "
         "earlier calibrate kept in DIR (its kamailio.json), with the strategies, rates, "
@@ -107,12 +114,21 @@ def cmd(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     if side is None:
         settings, duration, ladder = _measuring_flags(args)
+        max_steal = _max_steal(args.max_steal)
         specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "calibration" / stamp
     command = ["deferbench", *args.argv]
     executor = local_executor(args.jobs)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    measured: list[KamailioSide] = [side] if side is not None else []
+
+    def keep(kept: KamailioSide) -> None:
+        """Save Kamailio's side as soon as it is measured, before the sim's part runs."""
+        kept = replace(kept, command=command)
+        cal.save_side(kept, out)
+        measured.append(kept)
+
     try:
         if side is not None:
             cal.save_side(side, out)  # the new directory holds the runs it was judged on
@@ -122,7 +138,7 @@ def cmd(args: argparse.Namespace) -> int:
             result = cal.calibrate(
                 specs, rates, duration, args.seed, settings, base, fit_rates=fit_rates,
                 repeat=args.repeat, capacity_rates=ladder, executor=executor, progress=say,
-                keep=lambda kept: cal.save_side(replace(kept, command=command), out),
+                keep=keep, max_steal=max_steal,
             )  # fmt: skip
     except TargetError as exc:
         raise UsageError(f"kamailio target: {exc}") from None
@@ -140,6 +156,7 @@ def cmd(args: argparse.Namespace) -> int:
     cells = (f"held-out rates {', '.join(f'{r:g}' for r in held) or 'none'}; fit on "
              f"{', '.join(f'{r:g}' for r in result.fit_rates)}")  # fmt: skip
     report.append(f"\nfidelity (within {bounds}; {cells}):\n" + cal.summary(result))
+    report.extend(f"  {kept.steal_note()}" for kept in measured)
     if side is not None and side.command:
         report.append(f"\nKamailio's runs measured by: {' '.join(side.command)}")
     report.append(f"\nreproduce: {' '.join(command)}")
@@ -173,7 +190,7 @@ def _measuring_flags(args: argparse.Namespace) -> tuple[ServerSettings, float, l
 
 
 MEASURING_FLAGS = ("strategy", "rates", "duration", "seed", "repeat", "capacity_rates",
-                   "children", "cores", "fr_timer")  # fmt: skip
+                   "max_steal", "children", "cores", "fr_timer")  # fmt: skip
 """What Kamailio's runs were measured with: a refit takes them from the kept runs."""
 
 
@@ -190,6 +207,20 @@ def _kept_side(args: argparse.Namespace) -> KamailioSide:
         return cal.load_side(Path(args.refit))
     except cal.MeasuredError as exc:
         raise UsageError(f"--refit: {exc}") from None
+
+
+def _max_steal(text: str) -> float | None:
+    """`--max-steal`: a percentage of the machine's CPU, or 'none' (no limit)."""
+    value = text.strip().lower()
+    if value == "none":
+        return None
+    try:
+        share = float(value.removesuffix("%")) / 100
+    except ValueError:
+        share = math.nan
+    if not 0.0 <= share <= 1.0:
+        raise UsageError(f"--max-steal must be a percentage in [0, 100] or 'none', got {text!r}")
+    return share
 
 
 def _capacity_rates(text: str) -> list[float]:

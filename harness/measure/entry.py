@@ -72,12 +72,14 @@ class DeferralRecord:
 
 @dataclass(frozen=True)
 class CpuWindow:
-    """Busy seconds and wake-ups by role over a window of `seconds`; shares are of `cores`."""
+    """Busy seconds and wake-ups by role over a window of `seconds`; shares are of `cores`.
+    `host_ticks`: the machine's (stolen, all) CPU ticks over the window, where known."""
 
     seconds: float
     cores: int
     busy: dict[str, float]
     wakeups: dict[str, int]
+    host_ticks: tuple[int, int] | None = None
 
     @property
     def busy_total(self) -> float:
@@ -88,6 +90,13 @@ class CpuWindow:
 
     def per_second(self, count: float) -> float:
         return count / self.seconds
+
+    @property
+    def steal_share(self) -> float | None:
+        """Share of the machine's CPU time the hypervisor gave to someone else."""
+        if self.host_ticks is None or self.host_ticks[1] <= 0:
+            return None
+        return max(0, self.host_ticks[0]) / self.host_ticks[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +251,7 @@ class DeferralTally:
 def cpu_figures(window: CpuWindow, idle: CpuWindow | None, sent_in_window: int) -> dict[str, Any]:
     """The `cpu` object of the result schema."""
     busy = window.busy_total
-    return {
+    figures: dict[str, Any] = {
         "busy_share": window.busy_share(busy),
         "idle_share": None if idle is None else idle.busy_share(idle.busy_total),
         "wakeups_per_s": window.per_second(sum(window.wakeups.values())),
@@ -255,6 +264,9 @@ def cpu_figures(window: CpuWindow, idle: CpuWindow | None, sent_in_window: int) 
             for role in sorted(set(window.busy) | set(window.wakeups))
         },
     }
+    if window.steal_share is not None:  # a real machine's (a sim has no host)
+        figures["host_steal_share"] = window.steal_share
+    return figures
 
 
 def _counters(

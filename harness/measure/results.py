@@ -49,8 +49,10 @@ measured or nothing to measure):
           "idle_share": 0.001,         # the same with no traffic: the standing cost of timers
           "wakeups_per_s": 1200.0,     # process wake-ups per second of wall time
           "per_txn_us": 35.0,          # busy CPU µs per deferred transaction
-          "by_role": {"sip_worker": {"busy_share": 0.1, "wakeups_per_s": 20.0}, ...}
-        },                             # any cpu figure may be null when not observable
+          "by_role": {"sip_worker": {"busy_share": 0.1, "wakeups_per_s": 20.0}, ...},
+          "host_steal_share": 0.004    # optional, real targets: share of the machine's CPU
+        },                             # time its hypervisor gave to others during the run
+                                       # any cpu figure may be null when not observable
         "counters": {"event": 12},                   # named event counts from the target
         "queue_depth": {"max": 3 | null, "mean": 0.4 | null},
         "histograms": {"delay": "HISTF...", "e2e": "HISTF..."},  # HdrHistogram base64, µs
@@ -200,6 +202,7 @@ class CpuFigures:
     wakeups_per_s: float | None
     per_txn_us: float | None
     by_role: dict[str, RoleCpu] = field(default_factory=dict)
+    host_steal_share: float | None = None  # absent from a sim's result
 
     @classmethod
     def from_json(cls, r: _Reader) -> CpuFigures:
@@ -216,6 +219,11 @@ class CpuFigures:
             wakeups_per_s=r.number("wakeups_per_s", nullable=True),
             per_txn_us=r.number("per_txn_us", nullable=True),
             by_role=by_role,
+            host_steal_share=(
+                r.number("host_steal_share", nullable=True)
+                if "host_steal_share" in r.data
+                else None
+            ),
         )
 
 
@@ -265,6 +273,8 @@ class StrategyResult:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["ledger"] = self.ledger.to_json()
+        if self.cpu.host_steal_share is None:
+            del data["cpu"]["host_steal_share"]
         return data
 
     @classmethod

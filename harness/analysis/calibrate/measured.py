@@ -13,13 +13,14 @@ It imports the fitting module (for `PhaseFit`) and the runs module (for its type
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.runtime.server import ServerSettings
 from harness.analysis.calibrate.fit import PhaseFit
-from harness.analysis.calibrate.runs import CALL_SHAPE, Lateness, Runs
+from harness.analysis.calibrate.runs import CALL_SHAPE, Disturbed, Lateness, Runs, steal_of
 from harness.load.spec import parse_load
 
 SCHEMA = "deferbench.kamailio-side/1"
@@ -47,6 +48,8 @@ class KamailioSide:
     capacity_rates: list[float] = field(default_factory=list)
     ladder: Runs = field(default_factory=dict)  # (spec, rate) -> [entry]: the climbed rungs
     command: list[str] = field(default_factory=list)  # what measured it
+    max_steal: float | None = None  # the host-steal limit a run was repeated above
+    disturbed: Disturbed = field(default_factory=list)  # runs set aside for the host's steal
 
     @property
     def gap(self) -> float:
@@ -75,7 +78,22 @@ class KamailioSide:
                                           for late, lag in pairs]
                                for r, pairs in self.late.items()},
             "ladder": _keyed(self.ladder),
+            "max_steal": self.max_steal,
+            "disturbed": self.disturbed,
         }  # fmt: skip
+
+    def steal_note(self) -> str:
+        """How much the host stole from the kept Kamailio runs, and what was run again."""
+        entries = [e for runs in (self.runs, self.ladder) for es in runs.values() for e in es]
+        entries += [e for es in self.idle.values() for e in es]
+        shares = sorted(s for e in entries if (s := steal_of(e)) is not None)
+        if not shares:
+            return "host steal during Kamailio's runs: not measured"
+        limit = "no limit" if self.max_steal is None else f"limit {self.max_steal:.1%}"
+        again = len(self.disturbed)
+        return (f"host steal during Kamailio's {len(shares)} kept runs: median "
+                f"{statistics.median(shares):.2%}, max {shares[-1]:.2%} ({limit}; {again} "
+                f"disturbed run{'' if again == 1 else 's'} run again)")  # fmt: skip
 
 
 def save(side: KamailioSide, directory: Path) -> Path:
@@ -117,6 +135,8 @@ def load(directory: Path) -> KamailioSide:
             capacity_rates=[float(r) for r in doc["capacity_rates"]],
             ladder=_unkeyed(doc["ladder"]),
             command=[str(word) for word in doc.get("command", [])],
+            max_steal=None if doc.get("max_steal") is None else float(doc["max_steal"]),
+            disturbed=[dict(d) for d in doc.get("disturbed", [])],
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise MeasuredError(f"{path}: malformed {FILE}: {type(exc).__name__} {exc}") from None

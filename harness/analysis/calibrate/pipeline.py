@@ -28,6 +28,7 @@ from harness.analysis.calibrate.fit import (
 from harness.analysis.calibrate.measured import KamailioSide
 from harness.analysis.calibrate.report import Calibration, judged_points, point_figures
 from harness.analysis.calibrate.runs import (
+    Disturbed,
     Lateness,
     Progress,
     Runs,
@@ -55,6 +56,7 @@ def calibrate(
     executor: Executor | None = None,
     progress: Progress | None = None,
     keep: Callable[[KamailioSide], None] | None = None,
+    max_steal: float | None = None,
 ) -> Calibration:
     """Run both sides, fit, re-run the sim with the fit; see the package docstring.
 
@@ -64,20 +66,23 @@ def calibrate(
     rate; judged figures are medians, and only the held-out points count in the summary.
     `capacity_rates`: the capacity ladder, SIPp-driven on Kamailio (`capacity_ladder`);
     without it capacity is judged over `rates` alone. `keep` gets Kamailio's side as soon
-    as it is measured (to save it before the sim's part runs).
+    as it is measured (to save it before the sim's part runs). A Kamailio run during which
+    the host stole more than `max_steal` of the CPU is run again (`least_disturbed`).
     """
     say = progress or (lambda _line: None)
     specs = [strategies.parse_spec(s).spec for s in specs]
     rates = sorted(rates)
     fit_rates_of(rates, fit_rates)  # ValueError before anything runs
     loads = {rate: load_for(rate, duration).spec for rate in rates}
+    disturbed: Disturbed = []
     kam, kam_idle, phases, late = kamailio_points(specs, loads, duration, seed, settings,
-                                                  repeat, say)  # fmt: skip
+                                                  repeat, say, max_steal, disturbed)  # fmt: skip
     ladder_rates = sorted(capacity_rates)
-    ladder = kamailio_ladder(specs, ladder_rates, duration, seed, settings, say) if (
-        ladder_rates) else {}  # fmt: skip
+    ladder = kamailio_ladder(specs, ladder_rates, duration, seed, settings, say, max_steal,
+                             disturbed) if ladder_rates else {}  # fmt: skip
     side = KamailioSide(specs, list(rates), duration, seed, settings, repeat, kam, kam_idle,
-                        phases, late, ladder_rates, ladder)  # fmt: skip
+                        phases, late, ladder_rates, ladder, max_steal=max_steal,
+                        disturbed=disturbed)  # fmt: skip
     if keep is not None:
         keep(side)
     return refit(side, base, fit_rates=fit_rates, executor=executor, progress=progress)

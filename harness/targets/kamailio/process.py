@@ -30,7 +30,9 @@ bounded wait, with the log's last lines in the error if Kamailio exits or never 
   process that wakes from a sleep and blocks again switches at least once). `window`
   gives shares of ONE core (`cores=1`), as the reference quotes them ("% of a core"). The
   ctl handler shows up as role `ctl`; it is idle except for the one psx query, made before
-  the idle window.
+  the idle window. Each snapshot also reads the machine's CPU ticks from /proc/stat, so a
+  window says how much of the time the hypervisor gave the virtual CPUs to someone else
+  (steal): a run on a disturbed host is told apart from one on a quiet host.
 
 Kamailio is stopped by its PID (SIGTERM, bounded wait, SIGKILL), then any of its recorded
 processes still alive (same PID and start time) is killed by PID too — also when the run is
@@ -181,6 +183,20 @@ def sample_process(pid: int) -> ProcSample | None:
     return ProcSample(cpu, switches)
 
 
+def host_ticks(stat: str = "/proc/stat") -> tuple[int, int] | None:
+    """(stolen, all) CPU ticks of the whole machine since boot, from /proc/stat's `cpu`
+    line (steal is its eighth value); None where the kernel gives no steal figure."""
+    try:
+        with open(stat, encoding="ascii") as f:
+            fields = f.readline().split()
+        ticks = [int(v) for v in fields[1:]]
+    except (OSError, ValueError):
+        return None
+    if fields[:1] != ["cpu"] or len(ticks) < 8:
+        return None
+    return ticks[7], sum(ticks)
+
+
 def children_of(parent: int) -> list[int]:
     """PIDs whose parent is `parent` (a scan of /proc: works without ctl)."""
     found = []
@@ -202,6 +218,7 @@ class Snapshot:
 
     t: float
     by_pid: dict[int, ProcSample]
+    host: tuple[int, int] | None = None  # `host_ticks` at the same instant
 
 
 class KamailioProcess:
@@ -327,7 +344,7 @@ class KamailioProcess:
             )
         t = time.monotonic()
         samples = {pid: s for pid in self.table if (s := sample_process(pid)) is not None}
-        self.snapshots.append(Snapshot(t, samples))
+        self.snapshots.append(Snapshot(t, samples, host_ticks()))
 
     def window(self, first: int, last: int) -> CpuWindow:
         """Busy seconds and context switches by role between two snapshots."""
@@ -341,7 +358,10 @@ class KamailioProcess:
             role = role_of(self.table.get(pid, ""))
             busy[role] += max(0.0, end.cpu - start.cpu)
             wakeups[role] += max(0, end.switches - start.switches)
-        return CpuWindow(max(b.t - a.t, 1e-9), 1, dict(busy), dict(wakeups))
+        host = None
+        if a.host is not None and b.host is not None:
+            host = (b.host[0] - a.host[0], b.host[1] - a.host[1])
+        return CpuWindow(max(b.t - a.t, 1e-9), 1, dict(busy), dict(wakeups), host)
 
     # ------------------------------------------------------------------ stopping
 
