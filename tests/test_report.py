@@ -39,6 +39,22 @@ def test_wide_table_keeps_every_column_and_the_full_specs(tmp_path, capsys):
     assert result.strategies[1].strategy in wide
 
 
+def test_a_run_the_host_disturbed_is_named_under_the_table(tmp_path, capsys):
+    result = _result(tmp_path)
+    capsys.readouterr()
+    assert "disturbed" not in report.comparison_table(result)  # a sim has no host
+    result.strategies[0].cpu.host_steal_share = 0.05
+    result.strategies[1].cpu.host_steal_share = 0.01  # under the limit: quiet enough
+    for wide in (False, True):
+        lines = [
+            ln for ln in report.comparison_table(result, wide).splitlines() if "disturbed" in ln
+        ]
+        assert lines == [
+            "disturbed: the host stole 5.0% of the CPU during inline's run (over 2%): its delays "
+            "and CPU are unreliable; run it again on a quieter machine"
+        ]
+
+
 class _Stream:
     def __init__(self, tty: bool) -> None:
         self.tty, self.text = tty, ""

@@ -16,6 +16,7 @@ from tabulate import tabulate
 import strategies
 from harness.analysis import page
 from harness.measure.results import RunResult
+from harness.targets.base import STEAL_LIMIT
 
 
 def _ms(value: float | None, digits: int = 2) -> str:
@@ -52,7 +53,7 @@ def comparison_table(result: RunResult, wide: bool = False) -> str:
     default fits `WIDTH` columns (strategies named by their non-default parameters, every
     bad outcome in one column); `wide` shows each figure on its own."""
     if wide:
-        return _wide_table(result)
+        return "\n".join([_wide_table(result), *disturbed_runs(result)])
     rows = []
     for s in result.strategies:
         ledger = s.ledger
@@ -72,7 +73,19 @@ def comparison_table(result: RunResult, wide: bool = False) -> str:
                "faults", "CPU%", "idle%", "µs/txn"]  # fmt: skip
     note = ("faults = lost + 408 + 5xx + other + duplicated + stale + reordered; "
             "CPU% of all cores; --wide")  # fmt: skip
-    return _columns(headers, rows) + "\n" + note
+    return "\n".join([_columns(headers, rows), note, *disturbed_runs(result)])
+
+
+def disturbed_runs(result: RunResult) -> list[str]:
+    """A line for each strategy whose run the machine's hypervisor disturbed: figures that
+    say more about a neighbour than about the server must not pass unremarked."""
+    return [
+        f"disturbed: the host stole {s.cpu.host_steal_share:.1%} of the CPU during "
+        f"{strategies.parse_spec(s.strategy).short_spec}'s run (over {STEAL_LIMIT:.0%}): its "
+        "delays and CPU are unreliable; run it again on a quieter machine"
+        for s in result.strategies
+        if s.cpu.host_steal_share is not None and s.cpu.host_steal_share > STEAL_LIMIT
+    ]
 
 
 NAME_WIDTH = 32

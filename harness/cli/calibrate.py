@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import strategies
 from harness.cli.common import UsageError, add_server_flags, rate_list, server_settings
 from harness.profile import ADOPTED, BUILT_IN, sim_profile
-from harness.targets import TargetError
+from harness.targets import STEAL_LIMIT, TargetError
 from strategies.spec import parse_duration
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "500,...,3000; none: judge capacity over --rates only)",
     )  # fmt: skip
     p_cal.add_argument(
-        "--max-steal", default="2%", metavar="PERCENT|none",
+        "--max-steal", default=f"{STEAL_LIMIT:.0%}", metavar="PERCENT|none",
         help="run a Kamailio run again (up to 3 in all, the least disturbed kept) when the "
         "machine's hypervisor gave more than this share of the CPU to others during it "
         "(steal in /proc/stat; default 2%%; none: keep every first run)",

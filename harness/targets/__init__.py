@@ -12,7 +12,7 @@ subprocesses, and importing it must not pull in the Kamailio or live machinery.
 
 from __future__ import annotations
 
-from harness.targets.base import Target, TargetError, TargetOptions
+from harness.targets.base import STEAL_LIMIT, Target, TargetError, TargetOptions
 
 NAMES = ("sim", "live", "kamailio")
 """Targets a command or a suite may name."""
@@ -36,4 +36,4 @@ def build(name: str, options: TargetOptions | None = None) -> Target:
     raise TargetError(f"target {name!r} is not available (available: {', '.join(NAMES)})")
 
 
-__all__ = ["NAMES", "Target", "TargetError", "TargetOptions", "build"]
+__all__ = ["NAMES", "STEAL_LIMIT", "Target", "TargetError", "TargetOptions", "build"]

@@ -15,6 +15,12 @@ if TYPE_CHECKING:
     from harness.load.spec import LoadSpec
 
 
+STEAL_LIMIT = 0.02
+"""A real target's run during which the machine's hypervisor gave more than this share of
+its CPU to other tenants (`cpu.host_steal_share`) is disturbed: the wake-ups it measured
+waited for the neighbour, so its delays and CPU say little about the server."""
+
+
 class TargetError(RuntimeError):
     """A target could not start, observe or drive its server, or cannot play a load (one
     line that names the cause)."""
