@@ -128,3 +128,25 @@ def test_the_cfg_lines_to_paste_are_accepted_by_kamailio(tmp_path) -> None:
     done = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True,
                           timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr[-500:]
+
+
+@pytest.mark.parametrize(("stolen", "warned"), [(0.05, True), (0.01, False), (None, False)])
+def test_the_kamailio_confirmation_names_a_run_the_host_disturbed(monkeypatch, stolen, warned):
+    from types import SimpleNamespace
+
+    from harness import runner, targets
+    from harness.analysis import recommend
+    from harness.cli import recommend as cli_recommend
+
+    class _Kamailio:
+        def check(self, load, seed) -> None:
+            pass
+
+    cpu = {} if stolen is None else {"host_steal_share": stolen}
+    entry = _entry(delay_ms={"p50": 10.2, "p99": 10.5}, cpu=cpu)
+    monkeypatch.setattr(targets, "build", lambda name, options: _Kamailio())
+    monkeypatch.setattr(runner, "execute", lambda jobs: [entry])
+    winner = SimpleNamespace(spec="async-route")
+    line, status = cli_recommend._confirm(recommend, winner, QUESTION)
+    assert status == 0 and "confirmed on Kamailio at 500/s: meets it" in line
+    assert ("disturbed: the host stole 5.0% of the CPU during async-route's run" in line) == warned

@@ -79,13 +79,19 @@ def comparison_table(result: RunResult, wide: bool = False) -> str:
 def disturbed_runs(result: RunResult) -> list[str]:
     """A line for each strategy whose run the machine's hypervisor disturbed: figures that
     say more about a neighbour than about the server must not pass unremarked."""
-    return [
-        f"disturbed: the host stole {s.cpu.host_steal_share:.1%} of the CPU during "
-        f"{strategies.parse_spec(s.strategy).short_spec}'s run (over {STEAL_LIMIT:.0%}): its "
-        "delays and CPU are unreliable; run it again on a quieter machine"
-        for s in result.strategies
-        if s.cpu.host_steal_share is not None and s.cpu.host_steal_share > STEAL_LIMIT
-    ]
+    notes = (disturbed(s.cpu.host_steal_share, strategies.parse_spec(s.strategy).short_spec)
+             for s in result.strategies)  # fmt: skip
+    return [note for note in notes if note]
+
+
+def disturbed(steal_share: float | None, strategy: str) -> str:
+    """What to say of a run of `strategy` during which the host stole `steal_share` of the
+    CPU: a warning above `STEAL_LIMIT`, else nothing."""
+    if steal_share is None or steal_share <= STEAL_LIMIT:
+        return ""
+    return (f"disturbed: the host stole {steal_share:.1%} of the CPU during {strategy}'s run "
+            f"(over {STEAL_LIMIT:.0%}): its delays and CPU are unreliable; run it again on a "
+            "quieter machine")  # fmt: skip
 
 
 NAME_WIDTH = 32

@@ -83,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--max-steal", default=f"{STEAL_LIMIT:.0%}", metavar="PERCENT|none",
         help="run a Kamailio run again (up to 3 in all, the least disturbed kept) when the "
         "machine's hypervisor gave more than this share of the CPU to others during it "
-        "(steal in /proc/stat; default 2%%; none: keep every first run)",
+        "(steal in /proc/stat; default %(default)s; none: keep every first run)",
     )  # fmt: skip
     p_cal.add_argument(
         "--refit", metavar="DIR",

@@ -108,6 +108,7 @@ def _question(args: argparse.Namespace):  # -> recommend.Question
 def _confirm(rec, winner, question) -> tuple[str, int]:  # noqa: ANN001
     """The winner on real Kamailio (SIPp driving) at the asked rate: a line and a status."""
     from harness import targets
+    from harness.analysis import report
     from harness.runner import Job, execute
 
     load = question.load(question.rate, arrival="constant")
@@ -124,7 +125,8 @@ def _confirm(rec, winner, question) -> tuple[str, int]:  # noqa: ANN001
     )
     if delay["p50"] is not None:
         line += f" (delay p50/p99 {delay['p50']:.2f}/{delay['p99']:.2f} ms)"
-    return line, 0 if not fails else 1
+    note = report.disturbed(entry["cpu"].get("host_steal_share"), winner.spec)
+    return line + (f"\n{note}" if note else ""), 0 if not fails else 1
 
 
 def _write(args: argparse.Namespace, question, verdicts, status: int) -> Path:  # noqa: ANN001
