@@ -663,6 +663,46 @@ def test_summary_counts_held_out_cells_only_and_shows_fit_ones_apart():
     assert cal.summary(result).splitlines()[0].strip().startswith("no held-out cell")
 
 
+def test_a_miss_on_a_run_the_host_disturbed_says_so_and_is_counted_apart(monkeypatch):
+    from harness.analysis.calibrate import pipeline
+
+    _fake_sides(monkeypatch, _kamailio_figures(held_out_scale=1.5))
+    measured = pipeline.kamailio_points
+
+    def disturbed_points(*args):
+        kam, idle, phases, late = measured(*args)
+        task = next(s for s in args[0] if s.startswith("async-task"))
+        kam[task, 200.0] = [{**e, "cpu": {**e["cpu"], "host_steal_share": 0.3}}
+                            for e in kam[task, 200.0]]  # fmt: skip
+        return kam, idle, phases, late
+
+    monkeypatch.setattr(pipeline, "kamailio_points", disturbed_points)
+    from core.runtime.server import ServerSettings
+
+    result = cal.calibrate(list(SPECS), list(RATES), 3.0, 1, ServerSettings(cores=2),
+                           CostProfile(), repeat=3)  # fmt: skip
+    held = {p["strategy"]: p for p in result.points if p["reinvite_rate"] == 200.0}
+    for spec, point in held.items():
+        misses = [c for c in point["checks"]
+                  if c["verdict"] == "MISS" and not c["figure"].startswith("capacity")]  # fmt: skip
+        assert misses, spec  # ×1.5 at the held-out rate: both miss
+        noted = [cal.DISTURBED + ": up to 30.0% stolen" in c["why"] for c in misses]
+        assert all(noted) if spec.startswith("async-task") else not any(noted)
+    cpu = next(ln for ln in cal.summary(result).splitlines() if "CPU" in ln)
+    assert "held out 0 pass, 2 miss (1 on a run the host disturbed)" in cpu
+
+
+def test_capacity_names_a_failing_rung_the_host_disturbed():
+    ok = {"requested_delay_ms": 0.0, "ledger": {"transactions": 10, "resumed": 10},
+          "lateness_ms": {"p99": None}, "e2e_ms": {"p99": 1.0}}  # fmt: skip
+    lost = {**ok, "ledger": {"transactions": 10, "resumed": 9, "lost": 1}}
+    kam = {("x", 500.0): [ok], ("x", 1000.0): [{**lost, "cpu": {"host_steal_share": 0.4}}]}
+    sim = {("x", 500.0): [ok], ("x", 1000.0): [lost]}
+    why = cal.capacity_why("x", [500.0, 1000.0], kam, sim)
+    assert why == ("Kamailio fails at 1000/s: lost=1 (a run the host disturbed: 40.0% stolen); "
+                   "sim fails at 1000/s: lost=1")  # fmt: skip
+
+
 def test_a_miss_names_kamailios_own_spread_when_wider_than_the_bound():
     def judged(p50: float, spread: dict) -> cal.Check:
         kam = {**_figs(10.0, 20.0, 0.0, 100.0), "spread": spread}

@@ -5,6 +5,7 @@ Targets import this module; it imports no target (`harness.targets.build` picks 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -19,6 +20,24 @@ STEAL_LIMIT = 0.02
 """A real target's run during which the machine's hypervisor gave more than this share of
 its CPU to other tenants (`cpu.host_steal_share`) is disturbed: the wake-ups it measured
 waited for the neighbour, so its delays and CPU say little about the server."""
+
+
+DISTURBED = "a run the host disturbed"
+"""Said of a figure taken from a run during which the host stole more than `STEAL_LIMIT`."""
+
+
+def steal_of(entry: Mapping[str, Any]) -> float | None:
+    """The share of the machine's CPU its hypervisor gave to others during a result entry's
+    run (None: not measured, as on the sim)."""
+    return entry.get("cpu", {}).get("host_steal_share")
+
+
+def most_stolen(entries: Iterable[Mapping[str, Any]]) -> float | None:
+    """The most the host stole during any of `entries`' runs, if that disturbed it (more
+    than `STEAL_LIMIT`); else None."""
+    shares = [s for e in entries if (s := steal_of(e)) is not None]
+    worst = max(shares, default=0.0)
+    return worst if worst > STEAL_LIMIT else None
 
 
 class TargetError(RuntimeError):

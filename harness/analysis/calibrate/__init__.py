@@ -126,9 +126,11 @@ from harness.analysis.calibrate.runs import (
     capacity_failure,
     capacity_ladder,
     capacity_load,
+    capacity_why,
     load_for,
     pause_pairs,
 )
+from harness.targets.base import DISTURBED
 
 __all__ = [
     "BOUND_MS",
@@ -147,6 +149,7 @@ __all__ = [
     "SINGLE_WAKE",
     "TIMER_COSTS",
     "WITHIN_SPREAD",
+    "DISTURBED",
     "Calibration",
     "KamailioSide",
     "MeasuredError",
@@ -163,6 +166,7 @@ __all__ = [
     "capacity_failure",
     "capacity_ladder",
     "capacity_load",
+    "capacity_why",
     "core_share",
     "figures",
     "fit_deferral",

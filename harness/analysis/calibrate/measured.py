@@ -20,8 +20,9 @@ from typing import Any
 
 from core.runtime.server import ServerSettings
 from harness.analysis.calibrate.fit import PhaseFit
-from harness.analysis.calibrate.runs import CALL_SHAPE, Disturbed, Lateness, Runs, steal_of
+from harness.analysis.calibrate.runs import CALL_SHAPE, Disturbed, Lateness, Runs
 from harness.load.spec import parse_load
+from harness.targets.base import steal_of
 
 SCHEMA = "deferbench.kamailio-side/1"
 FILE = "kamailio.json"

@@ -21,6 +21,7 @@ from typing import Any
 from core.runtime.costs import CostProfile
 from harness.analysis.calibrate.fit import PhaseFit, TimerFit, marginal_us
 from harness.load.spec import parse_load
+from harness.targets.base import DISTURBED, most_stolen
 
 Points = Mapping[tuple[str, float], Sequence[dict[str, Any]]]
 """(strategy spec, re-INVITE rate) -> one result entry per repeat."""
@@ -278,6 +279,18 @@ def _check_json(check: Check) -> dict[str, Any]:
             "verdict": check.verdict, "why": check.why, "bound": check.bound}  # fmt: skip
 
 
+def _with_disturbance(checks: Sequence[Check], stolen: float | None) -> list[Check]:
+    """Each MISS but capacity's (whose ladder runs `capacity_why` speaks for) named as
+    taken from `DISTURBED` when the host stole `stolen` of the CPU during one of the point's
+    Kamailio runs (every try of it was disturbed): still a miss, with its likely cause."""
+    if stolen is None:
+        return list(checks)
+    note = f"{DISTURBED}: up to {stolen:.1%} stolen"
+    return [replace(c, why="; ".join(w for w in (note, c.why) if w))
+            if c.verdict == "MISS" and c.figure != "capacity re-INV/s" else c
+            for c in checks]  # fmt: skip
+
+
 def judged_points(
     specs: Sequence[str],
     loads: Mapping[float, str],
@@ -299,6 +312,8 @@ def judged_points(
             k, f = figs["kamailio"][spec, rate], figs["sim"][spec, rate]
             checks = judge(k, f, caps["kamailio"][spec], caps["sim"][spec], highest_rate,
                            capacity_why[spec])  # fmt: skip
+            if "kamailio" in entries:
+                checks = _with_disturbance(checks, most_stolen(entries["kamailio"][spec, rate]))
             points.append({
                 "strategy": spec, "reinvite_rate": rate, "load": load,
                 "cell": FIT if fit_rates is None or rate in fit_rates else HELD_OUT,
@@ -471,15 +486,18 @@ def _cap(value: float | None) -> str:
 def summary(calibration: Calibration) -> str:
     """PASS/MISS counts per figure over the held-out points only (the predictions); the
     fit points' counts are shown beside them, not counted. A MISS within Kamailio's own
-    spread is counted as a miss and said so."""
+    spread, or on a Kamailio run the host disturbed, is counted as a miss and said so."""
     counts: dict[str, dict[str, dict[str, int]]] = {}
     for point in calibration.points:
         cell = point.get("cell", FIT)
         for check in point["checks"]:
             tallies = counts.setdefault(check["figure"], {})
-            tally = tallies.setdefault(cell, {"PASS": 0, "MISS": 0, "n/a": 0, "spread": 0})
+            tally = tallies.setdefault(
+                cell, {"PASS": 0, "MISS": 0, "n/a": 0, "spread": 0, "disturbed": 0}
+            )
             tally[check["verdict"]] += 1
             tally["spread"] += int(check["verdict"] == "MISS" and WITHIN_SPREAD in check["why"])
+            tally["disturbed"] += int(check["verdict"] == "MISS" and DISTURBED in check["why"])
     lines = []
     if not any(HELD_OUT in t for t in counts.values()):
         lines.append("  no held-out cell: every rate was a fit rate (--fit-rates), nothing "
@@ -489,7 +507,10 @@ def summary(calibration: Calibration) -> str:
         text = f"  {figure}: "
         if held is not None:
             na = f", {held['n/a']} n/a" if held["n/a"] else ""
-            within = f" ({held['spread']} {WITHIN_SPREAD})" if held["spread"] else ""
+            said = [f"{held['spread']} {WITHIN_SPREAD}"] if held["spread"] else []
+            if held["disturbed"]:
+                said.append(f"{held['disturbed']} on {DISTURBED}")
+            within = f" ({', '.join(said)})" if said else ""
             text += f"held out {held['PASS']} pass, {held['MISS']} miss{within}{na}"
         fit = tallies.get(FIT)
         if fit is not None:

@@ -27,6 +27,7 @@ from harness.analysis.calibrate.fit import PhaseFit, fit_phases, timer_interval
 from harness.analysis.sweep import SweepPoint, capacity
 from harness.load.network import Link, parse_link
 from harness.load.spec import LoadSpec, parse_load
+from harness.targets.base import DISTURBED, most_stolen, steal_of
 
 if TYPE_CHECKING:
     from harness.targets.kamailio.sipp import SippReinvite
@@ -55,11 +56,6 @@ STEAL_TRIES = 3
 Disturbed = list[dict[str, Any]]
 """Kamailio runs set aside for a disturbed host: {"run": what, "host_steal_share": share}."""
 T = TypeVar("T")
-
-
-def steal_of(entry: Mapping[str, Any]) -> float | None:
-    """The share of the machine's CPU its hypervisor gave to others during a run."""
-    return entry.get("cpu", {}).get("host_steal_share")
 
 
 def least_disturbed(
@@ -364,6 +360,8 @@ def capacity_why(spec: str, rates: Sequence[float], kam: Mapping, sim: Mapping) 
             if failures:
                 of = f" ({len(failures)} of {len(runs[spec, rate])} runs)" if len(
                     runs[spec, rate]) > 1 else ""  # fmt: skip
-                why.append(f"{side} fails at {rate:g}/s{of}: {failures[0]}")
+                stolen = most_stolen(runs[spec, rate])
+                host = "" if stolen is None else f" ({DISTURBED}: {stolen:.1%} stolen)"
+                why.append(f"{side} fails at {rate:g}/s{of}: {failures[0]}{host}")
                 break
     return "; ".join(why)
