@@ -193,7 +193,12 @@ def test_blocking_sleep_holds_the_sip_worker_for_about_the_sleep():
 def test_inline_relays_at_once_with_nothing_deferred():
     run = _smoke("inline")
     entry = run.result
-    _assert_clean(entry, 40)
+    ledger = entry["ledger"]
+    # inline holds nothing: a re-INVITE that reaches the UAS before its ACK (the two go
+    # through different SIP workers; a worker the host keeps waiting loses the race) gets
+    # the UAS's 491, the race inline is the control for; nothing is lost or fails
+    assert ledger["transactions"] == 40, ledger
+    assert ledger["resumed"] + ledger["race_491"] == 40, (ledger, entry["counters"])
     assert run.trace.records == [] and entry["delay_ms"]["p50"] is None
     assert entry["e2e_ms"]["p50"] < 10.0
 
