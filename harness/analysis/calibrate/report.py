@@ -282,7 +282,8 @@ def _check_json(check: Check) -> dict[str, Any]:
 def _with_disturbance(checks: Sequence[Check], stolen: float | None) -> list[Check]:
     """Each MISS but capacity's (whose ladder runs `capacity_why` speaks for) named as
     taken from `DISTURBED` when the host stole `stolen` of the CPU during one of the point's
-    Kamailio runs (every try of it was disturbed): still a miss, with its likely cause."""
+    Kamailio runs (`most_stolen`: over `STEAL_LIMIT`, whatever `--max-steal` retried):
+    still a miss, with its likely cause."""
     if stolen is None:
         return list(checks)
     note = f"{DISTURBED}: up to {stolen:.1%} stolen"
