@@ -16,6 +16,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_complet
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import strategies
 from core.runtime.server import ServerSettings
 from harness.load.spec import LoadSpec, parse_load
 from harness.measure.results import MachineFacts, RunResult, tool_version, utc_now
@@ -51,26 +52,65 @@ def execute(
 ) -> list[dict[str, Any]]:
     """Run `jobs`, in parallel when an executor is given; results in the order of `jobs`.
     Each result also goes into `finished` (job index -> entry) as it arrives: what a run
-    stopped by a signal still has."""
+    stopped by a signal still has.
+
+    A sim job whose strategy has the same model as an earlier job's (`Strategy.model`:
+    `async-route` and `async-sleep` with the same parameters), under the same load, seed,
+    settings and target, does not run again: the sim is deterministic, so it gets that
+    job's entry under its own strategy spec."""
     started = time.perf_counter()
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     if finished is None:
         finished = {}
-    if executor is None:
-        for i, job in enumerate(jobs):
-            results[i] = finished[i] = run_job(job)
+    answers = _answered_by_one_run(jobs)
+    done = 0
+
+    def arrived(index: int, entry: dict[str, Any]) -> None:
+        nonlocal done
+        for twin in answers[index]:
+            if twin != index:
+                entry = {**entry, "strategy": strategies.parse_spec(jobs[twin].strategy).spec}
+            results[twin] = finished[twin] = entry
+            done += 1
             if progress:
-                progress(i + 1, len(jobs), job.strategy, time.perf_counter() - started)
+                progress(done, len(jobs), jobs[twin].strategy, time.perf_counter() - started)
+
+    if executor is None:
+        for i in answers:
+            arrived(i, run_job(jobs[i]))
     else:
         futures: dict[Future[dict[str, Any]], int] = {
-            executor.submit(run_job, job): i for i, job in enumerate(jobs)
+            executor.submit(run_job, jobs[i]): i for i in answers
         }
-        for done, future in enumerate(as_completed(futures), start=1):
-            index = futures[future]
-            results[index] = finished[index] = future.result()
-            if progress:
-                progress(done, len(jobs), jobs[index].strategy, time.perf_counter() - started)
+        for future in as_completed(futures):
+            arrived(futures[future], future.result())
     return [r for r in results if r is not None]
+
+
+def _answered_by_one_run(jobs: Sequence[Job]) -> dict[int, list[int]]:
+    """The jobs that run (index, in order) -> the jobs their entry answers, themselves first."""
+    answers: dict[int, list[int]] = {}
+    groups: dict[tuple[str, str, int], list[int]] = {}  # (model, load, seed) -> runs
+    for i, job in enumerate(jobs):
+        runs = None
+        if not job.target.real_clock:
+            try:
+                model = strategies.parse_spec(job.strategy).model
+            except strategies.SpecError:
+                model = job.strategy
+            runs = groups.setdefault((model, job.load, job.seed), [])
+            twin = next((r for r in runs if _same_run(jobs[r], job)), None)
+            if twin is not None:
+                answers[twin].append(i)
+                continue
+        answers[i] = [i]
+        if runs is not None:
+            runs.append(i)
+    return answers
+
+
+def _same_run(a: Job, b: Job) -> bool:
+    return a.settings == b.settings and a.target == b.target
 
 
 WALL_CLOCK_FIELDS = ("wall_seconds", "sim_txn_per_wall_s")

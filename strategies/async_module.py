@@ -419,6 +419,11 @@ class AsyncModuleStrategy(Strategy):
     # ------------------------------------------------------------------ description
 
     @property
+    def model(self) -> str:
+        """`async-route` and `async-sleep` with the same parameters are one model here."""
+        return "async-module" + self.spec[len(self.name) :]
+
+    @property
     def seconds_form(self) -> bool:
         return self.values["s"] is not None
 

@@ -69,6 +69,13 @@ class Strategy(ABC):
         ]
         return self.name + (":" + ",".join(shown) if shown else "")
 
+    @property
+    def model(self) -> str:
+        """What the sim runs for this spec: two specs with the same model give the same sim
+        figures, so a deterministic target runs them once (`harness.runner.execute`). The
+        canonical spec, unless strategies share one model under different script calls."""
+        return self.spec
+
     def __repr__(self) -> str:
         return f"<Strategy {self.spec}>"
 

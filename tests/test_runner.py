@@ -1,0 +1,87 @@
+"""The runner runs each distinct sim once: strategies sharing a model share a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pytest
+
+from core.runtime.server import ServerSettings
+from harness import runner
+from harness.runner import WALL_CLOCK_FIELDS, Job, execute
+from harness.targets.sim import SimTarget
+
+LOAD = "reinvite:rate=5/s,duration=2s,reinvites=4"
+SETTINGS = ServerSettings(cores=2, children=4)
+
+
+def _model_figures(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k not in WALL_CLOCK_FIELDS and k != "strategy"}
+
+
+@pytest.fixture
+def runs(monkeypatch) -> list[str]:
+    """The strategies `run_job` really ran, in order."""
+    ran: list[str] = []
+    real = runner.run_job
+
+    def counted(job: Job) -> dict[str, Any]:
+        ran.append(job.strategy)
+        return real(job)
+
+    monkeypatch.setattr(runner, "run_job", counted)
+    return ran
+
+
+def test_async_route_and_async_sleep_with_one_model_run_once_under_both_names(runs) -> None:
+    target = SimTarget(measure_idle=False)
+    specs = ["async-route:ms=10", "inline", "async-sleep:ms=10"]
+    entries = execute([Job(s, LOAD, 1, SETTINGS, target) for s in specs])
+    assert runs == ["async-route:ms=10", "inline"]
+    names = [e["strategy"].split(":")[0] for e in entries]
+    assert names == ["async-route", "inline", "async-sleep"]
+    assert entries[2]["strategy"].startswith("async-sleep:ms=10,")
+    assert _model_figures(entries[0]) == _model_figures(entries[2])
+    # the shared entry is what async-sleep's own run gives: the two really are one model
+    [alone] = execute([Job("async-sleep:ms=10", LOAD, 1, SETTINGS, target)])
+    assert _model_figures(alone) == _model_figures(entries[2])
+
+
+def test_runs_differing_in_parameters_seed_or_target_are_all_made(runs) -> None:
+    target = SimTarget(measure_idle=False)
+    jobs = [
+        Job("async-route:ms=10", LOAD, 1, SETTINGS, target),
+        Job("async-sleep:ms=20", LOAD, 1, SETTINGS, target),
+        Job("async-sleep:ms=10", LOAD, 2, SETTINGS, target),
+        Job("async-sleep:ms=10", LOAD, 1, SETTINGS, SimTarget(measure_idle=True)),
+    ]
+    execute(jobs)
+    assert len(runs) == 4
+
+
+@dataclass(frozen=True)
+class _RealClock:
+    """A target that measures real CPU: its runs are never shared."""
+
+    name: ClassVar[str] = "fake"
+    real_clock: ClassVar[bool] = True
+
+    def run(self, strategy: str, load: Any, seed: int, settings: Any) -> dict[str, Any]:
+        return {"strategy": strategy}
+
+
+def test_real_clock_targets_run_every_job(runs) -> None:
+    jobs = [Job(s, LOAD, 1, SETTINGS, _RealClock()) for s in ("async-route", "async-sleep")]
+    entries = execute(jobs)  # type: ignore[arg-type]
+    assert runs == ["async-route", "async-sleep"]
+    assert [e["strategy"] for e in entries] == ["async-route", "async-sleep"]
+
+
+def test_progress_counts_every_job_including_the_shared_ones(runs) -> None:
+    seen: list[tuple[int, int, str]] = []
+    target = SimTarget(measure_idle=False)
+    specs = ["async-route:ms=10", "async-sleep:ms=10"]
+    execute([Job(s, LOAD, 1, SETTINGS, target) for s in specs],
+            progress=lambda done, total, label, _: seen.append((done, total, label)))  # fmt: skip
+    assert seen == [(1, 2, "async-route:ms=10"), (2, 2, "async-sleep:ms=10")]
