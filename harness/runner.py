@@ -18,7 +18,7 @@ from typing import Any
 
 import strategies
 from core.runtime.server import ServerSettings
-from harness.load.spec import LoadSpec, parse_load
+from harness.load.spec import LoadError, LoadSpec, parse_load
 from harness.measure.results import MachineFacts, RunResult, tool_version, utc_now
 from harness.targets import Target
 from harness.targets.children import pool_worker_init
@@ -54,6 +54,7 @@ def execute(
     Each result also goes into `finished` (job index -> entry) as it arrives: what a run
     stopped by a signal still has.
 
+    With an executor, the jobs offering the most re-INVITEs are handed to it first.
     A sim job whose strategy has the same model as an earlier job's (`Strategy.model`:
     `async-route` and `async-sleep` with the same parameters), under the same load, seed,
     settings and target, does not run again: the sim is deterministic, so it gets that
@@ -79,8 +80,11 @@ def execute(
         for i in answers:
             arrived(i, run_job(jobs[i]))
     else:
+        # Longest first: the pool's last jobs are then short ones, and its cores finish
+        # together instead of one waiting for the other's big job.
+        order = sorted(answers, key=lambda i: -_offered_transactions(jobs[i]))
         futures: dict[Future[dict[str, Any]], int] = {
-            executor.submit(run_job, jobs[i]): i for i in answers
+            executor.submit(run_job, jobs[i]): i for i in order
         }
         for future in as_completed(futures):
             arrived(futures[future], future.result())
@@ -107,6 +111,15 @@ def _answered_by_one_run(jobs: Sequence[Job]) -> dict[int, list[int]]:
         if runs is not None:
             runs.append(i)
     return answers
+
+
+def _offered_transactions(job: Job) -> float:
+    """What a job's run time grows with: the re-INVITEs its load offers (0 if unparseable)."""
+    try:
+        load = parse_load(job.load)
+    except LoadError:
+        return 0.0
+    return load.reinvite_rate * load.duration
 
 
 def _same_run(a: Job, b: Job) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -9,6 +10,7 @@ import pytest
 
 from core.runtime.server import ServerSettings
 from harness import runner
+from harness.load.spec import parse_load
 from harness.runner import WALL_CLOCK_FIELDS, Job, execute
 from harness.targets.sim import SimTarget
 
@@ -85,3 +87,26 @@ def test_progress_counts_every_job_including_the_shared_ones(runs) -> None:
     execute([Job(s, LOAD, 1, SETTINGS, target) for s in specs],
             progress=lambda done, total, label, _: seen.append((done, total, label)))  # fmt: skip
     assert seen == [(1, 2, "async-route:ms=10"), (2, 2, "async-sleep:ms=10")]
+
+
+class _RecordingExecutor(Executor):
+    """Runs each job when submitted, recording the order it was handed them in."""
+
+    def __init__(self) -> None:
+        self.order: list[str] = []
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.order.append(args[0].load)
+        future: Future[Any] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_the_pool_gets_the_biggest_loads_first_and_results_keep_job_order(runs) -> None:
+    target = SimTarget(measure_idle=False)
+    loads = [f"reinvite:rate={r}/s,duration=1s,reinvites=4" for r in (2, 8, 4)]
+    jobs = [Job("inline", load, 1, SETTINGS, target) for load in loads]
+    executor = _RecordingExecutor()
+    entries = execute(jobs, executor)
+    assert executor.order == [loads[1], loads[2], loads[0]]
+    assert [e["load"] for e in entries] == [parse_load(load).spec for load in loads]
