@@ -55,10 +55,11 @@ def execute(
     stopped by a signal still has.
 
     With an executor, the jobs offering the most re-INVITEs are handed to it first.
-    A sim job whose strategy has the same model as an earlier job's (`Strategy.model`:
+    A job of a target whose runs can be shared (the sim, deterministic, when it writes no
+    record files) whose strategy has the same model as an earlier job's (`Strategy.model`:
     `async-route` and `async-sleep` with the same parameters), under the same load, seed,
-    settings and target, does not run again: the sim is deterministic, so it gets that
-    job's entry under its own strategy spec."""
+    settings and target, does not run again: it gets that job's entry under its own
+    strategy spec."""
     started = time.perf_counter()
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     if finished is None:
@@ -97,7 +98,7 @@ def _answered_by_one_run(jobs: Sequence[Job]) -> dict[int, list[int]]:
     groups: dict[tuple[str, str, int], list[int]] = {}  # (model, load, seed) -> runs
     for i, job in enumerate(jobs):
         runs = None
-        if not job.target.real_clock:
+        if job.target.shares_runs:
             try:
                 model = strategies.parse_spec(job.strategy).model
             except strategies.SpecError:

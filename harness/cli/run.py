@@ -91,6 +91,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p_run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p_run.add_argument(
+        "--records",
+        action="store_true",
+        help="also stream every re-INVITE's and every deferral's raw record to CSV files "
+        "under records/ as the run goes (sim target)",
+    )
+    p_run.add_argument(
         "--wide", action="store_true", help="every column and full specs (wider than 100)"
     )
     p_run.add_argument(
@@ -147,6 +153,13 @@ def cmd(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-{suite.name}"
     command = ["deferbench", *args.argv]
     plan = [(run, build_target(run.target, args, costs, costs_source)) for run in suite.runs]
+    if args.records:
+        others = sorted({run.target for run in suite.runs} - {"sim"})
+        if others:
+            raise UsageError(
+                f"--records: the sim target only (not {', '.join(others)}; `deferbench serve "
+                "--report FILE` writes a live server's records)"
+            )
     try:
         for run, target in plan:
             check_plausible(run.load)
@@ -163,9 +176,11 @@ def cmd(args: argparse.Namespace) -> int:
     with StopSignals() as stop:
         try:
             for i, (run, target) in enumerate(plan, start=1):
+                directory = out if len(suite.runs) == 1 else out / f"run-{i}"
+                if args.records:
+                    target = replace(target, records=str(directory / "records"))
                 jobs = [Job(spec, run.load.spec, run.seed, settings, target)
                         for spec in run.strategies]  # fmt: skip
-                directory = out if len(suite.runs) == 1 else out / f"run-{i}"
                 current = _Current(run, target, jobs, directory)
                 # real-clock jobs run one at a time: they measure real CPU
                 pool = None if target.real_clock else executor

@@ -228,6 +228,8 @@ class Uac(Endpoint):
         self.sent = array("d")
         self.timings: dict[Key, ReinviteTiming] = {}
         self.keep_timings = keep_timings
+        # Told of each re-INVITE's (Call-ID, timing) as its final arrives (raw records).
+        self.on_final: Callable[[str, ReinviteTiming], None] | None = None
         self.counters: Counter[str] = Counter()
         self.active = 0
         self._heap = TimerHeap()
@@ -448,6 +450,8 @@ class Uac(Endpoint):
             timing.status = status
             timing.final_at = now
             self._e2e.close(timing.slot, now - timing.intended)
+            if self.on_final is not None:
+                self.on_final(call.call_id, timing)
             if not self.keep_timings:
                 del self.timings[key]
             self.observer.final(key, status)

@@ -181,6 +181,8 @@ class DeferralTally:
         self._retired_ids = array("Q")  # packed txn ids of retired ledger entries...
         self._retired_entries = array("B")  # ...and the ledger's value of each
         self._kept: dict[int, Key] = {}  # packed txn id -> key of an entry the ledger kept
+        # Told of each record as it is accounted, with its resuming role (raw records).
+        self.on_record: Callable[[Any, str], None] | None = None
 
     def opened(self, deferral: Any) -> None:
         deferral.slot = self._delays.open()
@@ -223,6 +225,8 @@ class DeferralTally:
         self._account(record, record.resumed_by)
 
     def _account(self, record: Any, role: str) -> Key:
+        if self.on_record is not None:
+            self.on_record(record, role)
         key = (record.call_id, record.cseq)
         ledger = self.ledger
         for _ in range(record.resumes):

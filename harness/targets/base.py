@@ -50,6 +50,8 @@ class Target(Protocol):
 
     name: str
     real_clock: bool  # measures real CPU: its runs go one at a time, never in parallel
+    # deterministic: jobs of one model, load, seed and settings may share one run
+    shares_runs: bool
 
     def check(self, load: LoadSpec, seed: int) -> None:
         """Raise `TargetError` if this target cannot play `load`, before anything starts."""

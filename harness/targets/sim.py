@@ -30,9 +30,11 @@ This module must not compute percentiles, outcomes or CPU shares itself
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from core.events import Address
@@ -44,6 +46,7 @@ from harness.load.network import UAC, UAS, Link, SimHost, SimNetwork, Wire
 from harness.load.spec import CallPlan, LoadSpec, call_plans
 from harness.measure.entry import CpuWindow, DeferralTally, strategy_entry
 from harness.measure.ledger import Ledger
+from harness.measure.records import RecordFiles
 from harness.targets.base import TargetOptions, refuse
 from strategies import parse_spec
 from strategies.base import Strategy
@@ -130,8 +133,15 @@ class SimTarget:
     measure_idle: bool = True
     wire: Wire = "objects"
     driver: str | None = None  # "sipp": the UAC pauses as late as SIPp (`sipp_pause_late`)
+    records: str | None = None  # a directory: each run streams its raw records there
     name: ClassVar[str] = TARGET
     real_clock: ClassVar[bool] = False
+
+    @property
+    def shares_runs(self) -> bool:
+        """Deterministic, so strategies with one model can share a run — unless each run
+        writes its own record files."""
+        return self.records is None
 
     @classmethod
     def from_options(cls, options: TargetOptions) -> SimTarget:
@@ -150,9 +160,10 @@ class SimTarget:
         with rate 0 is the idle case: no calls, CPU and wake-ups of the idle server."""
         links = Links(self.network, self.network, self.network, self.network)
         with sim_gc():  # nothing the run leaves behind is traversed by the collector
+            stem = None if self.records is None else Path(self.records) / record_stem(strategy)
             run = simulate(strategy, load, seed, settings, self.costs, links=links,
                            wire=self.wire, measure_idle=self.measure_idle,
-                           driver=self.driver)  # fmt: skip
+                           driver=self.driver, records=stem)  # fmt: skip
             result = run.result
             run.release()
             del run
@@ -168,6 +179,11 @@ class SimTarget:
         network = self.network.describe() if self.network is not None else None
         return {"backend": None, "network": network, "costs": self.costs_source,
                 "driver": self.driver}  # fmt: skip
+
+
+def record_stem(strategy: str) -> str:
+    """A file name for `strategy`'s records: its short spec, ':' and ',' made '_'."""
+    return re.sub(r"[^A-Za-z0-9=.-]+", "_", parse_spec(strategy).short_spec)
 
 
 def sipp_pause_late(costs: CostProfile, seed: int) -> Callable[[], float]:
@@ -215,20 +231,27 @@ def simulate(
     measure_idle: bool = True,
     keep_records: bool = False,
     driver: str | None = None,
+    records: Path | None = None,
 ) -> SimRun:
     """`SimTarget.run`, keeping the server, ledger, endpoints and network for inspection.
 
     Per-transaction records are accounted as each becomes final and then dropped, so a run's
     memory does not grow with its length; `keep_records` keeps them all instead (every
     deferral in `server.deferrals`, every re-INVITE's timing in `uac.timings`), for tests.
+    `records` (a path stem) also streams them to CSV files as they go (`RecordFiles`).
     The result is the same either way."""
     strategy = parse_spec(strategy_spec)  # SpecError (one line) before anything runs
     settings = replace(settings or ServerSettings(), seed=seed)
     costs = costs or CostProfile()
     links = links or Links()
     with sim_gc():  # the result is built from the run's live objects: no collector either
-        return _simulate(strategy_spec, strategy, load, seed, settings, costs, links, wire,
-                         measure_idle, keep_records, driver)  # fmt: skip
+        files = RecordFiles(records) if records is not None else None
+        try:
+            return _simulate(strategy_spec, strategy, load, seed, settings, costs, links, wire,
+                             measure_idle, keep_records, driver, files)  # fmt: skip
+        finally:
+            if files is not None:
+                files.close()
 
 
 def _simulate(
@@ -243,9 +266,11 @@ def _simulate(
     measure_idle: bool,
     keep_records: bool,
     driver: str | None,
+    files: RecordFiles | None,
 ) -> SimRun:
     started = time.perf_counter()
-    run = _run_loaded(strategy, load, seed, settings, costs, links, wire, keep_records, driver)
+    run = _run_loaded(strategy, load, seed, settings, costs, links, wire, keep_records, driver,
+                      files)  # fmt: skip
     loaded_wall = time.perf_counter() - started
     idle: _Window | None = None
     if load.rate <= 0:
@@ -255,6 +280,10 @@ def _simulate(
         idle = _run_idle_window(strategy_spec, window, settings, costs)
     wall = time.perf_counter() - started
     run.result = _result(run, strategy, load, seed, settings, idle, wall, loaded_wall)
+    if files is not None:  # the re-INVITEs the run ended before their final
+        for (call_id, _), timing in run.uac.timings.items():
+            if timing.status is None:
+                files.reinvite(call_id, timing)
     return run
 
 
@@ -271,6 +300,7 @@ def _run_loaded(
     wire: Wire,
     keep_records: bool,
     driver: str | None,
+    files: RecordFiles | None = None,
 ) -> SimRun:
     plans = call_plans(load, seed) if load.rate > 0 else iter(())
     duration = load.duration
@@ -307,6 +337,9 @@ def _run_loaded(
             window_end=duration,  # the load window is [0, duration] on the UAC's clock too
             pause_late=sipp_pause_late(costs, seed) if driver == "sipp" else None,
         )
+        if files is not None:
+            uac.on_final = files.reinvite
+            tally.on_record = files.deferral
         uas = Uas(UAS, race_code=load.race_code, observer=ledger)
         uac_host = SimHost(kernel, network, UAC, uac)
         SimHost(kernel, network, UAS, uas)

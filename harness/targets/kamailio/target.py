@@ -150,6 +150,7 @@ class KamailioTarget:
     idle_window: float = IDLE_WINDOW
     name: ClassVar[str] = "kamailio"
     real_clock: ClassVar[bool] = True
+    shares_runs: ClassVar[bool] = False
 
     @classmethod
     def from_options(cls, options: TargetOptions) -> KamailioTarget:

@@ -233,6 +233,7 @@ class LiveTarget:
     idle_window: float = IDLE_WINDOW
     name: ClassVar[str] = "live"
     real_clock: ClassVar[bool] = True
+    shares_runs: ClassVar[bool] = False
 
     @classmethod
     def from_options(cls, options: TargetOptions) -> LiveTarget:
