@@ -173,7 +173,8 @@ class SimTarget:
         self, strategy: str, duration: float, seed: int, settings: ServerSettings | None = None
     ) -> dict[str, Any]:
         """The server with no traffic for `duration`; CPU and wake-ups by role."""
-        return replace(self, measure_idle=False).run(strategy, idle_load(duration), seed, settings)
+        idle = replace(self, measure_idle=False, records=None)  # no transactions to record
+        return idle.run(strategy, idle_load(duration), seed, settings)
 
     def facts(self) -> dict[str, Any]:
         network = self.network.describe() if self.network is not None else None
