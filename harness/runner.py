@@ -55,11 +55,10 @@ def execute(
     stopped by a signal still has.
 
     With an executor, the jobs offering the most re-INVITEs are handed to it first.
-    A job of a target whose runs can be shared (the sim, deterministic, when it writes no
-    record files) whose strategy has the same model as an earlier job's (`Strategy.model`:
-    `async-route` and `async-sleep` with the same parameters), under the same load, seed,
-    settings and target, does not run again: it gets that job's entry under its own
-    strategy spec."""
+    A job whose target gives its strategy the same run key as an earlier job's
+    (`Target.run_key`: on the sim the model, so `async-route` and `async-sleep` with the
+    same parameters), under the same load, seed, settings and target, does not run again:
+    it gets that job's entry under its own strategy spec."""
     started = time.perf_counter()
     results: list[dict[str, Any] | None] = [None] * len(jobs)
     if finished is None:
@@ -95,15 +94,15 @@ def execute(
 def _answered_by_one_run(jobs: Sequence[Job]) -> dict[int, list[int]]:
     """The jobs that run (index, in order) -> the jobs their entry answers, themselves first."""
     answers: dict[int, list[int]] = {}
-    groups: dict[tuple[str, str, int], list[int]] = {}  # (model, load, seed) -> runs
+    groups: dict[tuple[str, str, int], list[int]] = {}  # (run key, load, seed) -> runs
     for i, job in enumerate(jobs):
         runs = None
-        if job.target.shares_runs:
-            try:
-                model = strategies.parse_spec(job.strategy).model
-            except strategies.SpecError:
-                model = job.strategy
-            runs = groups.setdefault((model, job.load, job.seed), [])
+        try:
+            key = job.target.run_key(strategies.parse_spec(job.strategy))
+        except strategies.SpecError:
+            key = None  # its run reports the error
+        if key is not None:
+            runs = groups.setdefault((key, job.load, job.seed), [])
             twin = next((r for r in runs if _same_run(jobs[r], job)), None)
             if twin is not None:
                 answers[twin].append(i)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from core.runtime.server import ServerSettings
     from harness.load.network import Link
     from harness.load.spec import LoadSpec
+    from strategies.base import Strategy
 
 
 STEAL_LIMIT = 0.02
@@ -50,8 +51,12 @@ class Target(Protocol):
 
     name: str
     real_clock: bool  # measures real CPU: its runs go one at a time, never in parallel
-    # deterministic: jobs of one model, load, seed and settings may share one run
-    shares_runs: bool
+
+    def run_key(self, strategy: Strategy) -> str | None:
+        """What identifies `strategy`'s run among jobs of one load, seed and settings on this
+        target: jobs with equal keys share one run. None: every job runs (a real clock
+        measures each one)."""
+        ...
 
     def check(self, load: LoadSpec, seed: int) -> None:
         """Raise `TargetError` if this target cannot play `load`, before anything starts."""

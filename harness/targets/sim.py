@@ -137,11 +137,10 @@ class SimTarget:
     name: ClassVar[str] = TARGET
     real_clock: ClassVar[bool] = False
 
-    @property
-    def shares_runs(self) -> bool:
-        """Deterministic, so strategies with one model can share a run — unless each run
-        writes its own record files."""
-        return self.records is None
+    def run_key(self, strategy: Strategy) -> str:
+        """Deterministic: strategies with one model share a run (`Strategy.model`), unless
+        each writes its own record files, which only the same spec shares."""
+        return strategy.model if self.records is None else strategy.spec
 
     @classmethod
     def from_options(cls, options: TargetOptions) -> SimTarget:

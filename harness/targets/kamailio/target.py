@@ -150,7 +150,10 @@ class KamailioTarget:
     idle_window: float = IDLE_WINDOW
     name: ClassVar[str] = "kamailio"
     real_clock: ClassVar[bool] = True
-    shares_runs: ClassVar[bool] = False
+
+    def run_key(self, strategy: Strategy) -> None:
+        """Never shared: each run measures the real thing."""
+        return None
 
     @classmethod
     def from_options(cls, options: TargetOptions) -> KamailioTarget:

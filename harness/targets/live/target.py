@@ -64,6 +64,7 @@ from harness.targets.base import TargetError, TargetOptions, check_driver_rate, 
 from harness.targets.children import run_stoppable, spawn, terminate
 from harness.targets.live.udp import UdpSocket
 from strategies import parse_spec
+from strategies.base import Strategy
 
 TARGET = "live"
 READY_TIMEOUT = 30.0  # seconds for serve to start listening (imports on a loaded machine)
@@ -233,7 +234,10 @@ class LiveTarget:
     idle_window: float = IDLE_WINDOW
     name: ClassVar[str] = "live"
     real_clock: ClassVar[bool] = True
-    shares_runs: ClassVar[bool] = False
+
+    def run_key(self, strategy: Strategy) -> None:
+        """Never shared: each run measures the real thing."""
+        return None
 
     @classmethod
     def from_options(cls, options: TargetOptions) -> LiveTarget:
