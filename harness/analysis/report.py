@@ -16,7 +16,7 @@ from tabulate import tabulate
 import strategies
 from harness.analysis import page
 from harness.measure.results import RunResult
-from harness.targets.base import STEAL_LIMIT
+from harness.targets.base import STEAL_LIMIT, over_steal_limit
 
 
 def _ms(value: float | None, digits: int = 2) -> str:
@@ -87,7 +87,7 @@ def disturbed_runs(result: RunResult) -> list[str]:
 def disturbed(steal_share: float | None, strategy: str) -> str:
     """What to say of a run of `strategy` during which the host stole `steal_share` of the
     CPU: a warning above `STEAL_LIMIT`, else nothing."""
-    if steal_share is None or steal_share <= STEAL_LIMIT:
+    if not over_steal_limit(steal_share):
         return ""
     return (f"disturbed: the host stole {steal_share:.1%} of the CPU during {strategy}'s run "
             f"(over {STEAL_LIMIT:.0%}): its delays and CPU are unreliable; run it again on a "

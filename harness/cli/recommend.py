@@ -110,6 +110,7 @@ def _confirm(rec, winner, question) -> tuple[str, int]:  # noqa: ANN001
     from harness import targets
     from harness.analysis import report
     from harness.runner import Job, execute
+    from harness.targets.base import steal_of
 
     load = question.load(question.rate, arrival="constant")
     try:
@@ -125,7 +126,7 @@ def _confirm(rec, winner, question) -> tuple[str, int]:  # noqa: ANN001
     )
     if delay["p50"] is not None:
         line += f" (delay p50/p99 {delay['p50']:.2f}/{delay['p99']:.2f} ms)"
-    note = report.disturbed(entry["cpu"].get("host_steal_share"), winner.spec)
+    note = report.disturbed(steal_of(entry), winner.spec)
     return line + (f"\n{note}" if note else ""), 0 if not fails else 1
 
 

@@ -33,12 +33,16 @@ def steal_of(entry: Mapping[str, Any]) -> float | None:
     return entry.get("cpu", {}).get("host_steal_share")
 
 
+def over_steal_limit(share: float | None) -> bool:
+    """Whether a run during which the host stole `share` of the CPU was disturbed."""
+    return share is not None and share > STEAL_LIMIT
+
+
 def most_stolen(entries: Iterable[Mapping[str, Any]]) -> float | None:
     """The most the host stole during any of `entries`' runs, if that disturbed it (more
     than `STEAL_LIMIT`); else None."""
-    shares = [s for e in entries if (s := steal_of(e)) is not None]
-    worst = max(shares, default=0.0)
-    return worst if worst > STEAL_LIMIT else None
+    worst = max((s for e in entries if (s := steal_of(e)) is not None), default=None)
+    return worst if over_steal_limit(worst) else None
 
 
 class TargetError(RuntimeError):

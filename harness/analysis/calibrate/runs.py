@@ -62,14 +62,15 @@ def least_disturbed(
     run: Callable[[], T], entry: Callable[[T], Mapping[str, Any]], max_steal: float | None,
     what: str, say: Progress, disturbed: Disturbed,
 ) -> T:  # fmt: skip
-    """`run()` again while the host stole more than `max_steal` of the CPU during it, up
-    to `STEAL_TRIES` runs; the first quiet one, else the least disturbed. The ones set
-    aside go to `disturbed`.
+    """`run()` (announced as `what`) again while the host stole more than `max_steal` of
+    the CPU during it, up to `STEAL_TRIES` runs; the first quiet one, else the least
+    disturbed. The ones set aside go to `disturbed`.
 
     Why: on a shared virtual machine a neighbour's burst takes the CPU from Kamailio's
     processes mid-run; their wake-ups then wait for it (a delay tail of milliseconds) and
     the run says more about the neighbour than about Kamailio. No limit (None), or a
     machine without a steal figure, keeps every first run."""
+    say(what)
     tried: list[tuple[float, T]] = []
     for _ in range(STEAL_TRIES):
         result = run()
@@ -124,7 +125,6 @@ def kamailio_points(
     aside: Disturbed = [] if disturbed is None else disturbed
 
     def measure(spec: str, load: LoadSpec, what: str) -> Any:
-        say(what)
         return least_disturbed(
             lambda: kamailio_run(spec, load, seed, settings, idle_window=IDLE_WINDOW,
                                  driver="sipp"),
@@ -264,7 +264,6 @@ def kamailio_ladder(
     for spec in specs:
         for rate in rates:
             what = f"kamailio {spec}: capacity {rate:g} re-INVITEs/s (SIPp) for {duration:g}s"
-            say(what)
             load = parse_load(capacity_load(rate, duration).spec)
             entry = least_disturbed(partial(kamailio.run, spec, load, seed, settings),
                                     lambda e: e, max_steal, what, say, aside)  # fmt: skip
