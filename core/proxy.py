@@ -283,7 +283,7 @@ class Proxy:
         branch.client = client
         cell.branches.append(branch)
         self._clients[client.key] = (cell, branch, client)
-        actions += client.start(now)
+        actions += client.start(now)  # type: ignore[arg-type]  # a start only sends
         branch.fr = self._timers.schedule(
             self._tm.deadline(cell, now, self.config.fr_timer), branch, "fr"
         )

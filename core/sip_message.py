@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from core.header_list import HeaderList
 from core.sip_headers import (
     DIGITS_RE,
     HEADER_KEYS,
@@ -33,35 +34,6 @@ from core.sip_headers import (
 
 # The largest message accepted: one UDP datagram (RFC 3261 §18.1.1 leaves the rest to TCP).
 MAX_DATAGRAM = 65535
-
-# ---------------------------------------------------------------------------- header list
-
-
-class HeaderList(list):
-    """A list of (name, value) pairs that counts its mutations, so a message can cache parsed
-    header values and still notice when someone edits `headers` directly."""
-
-    version = 0  # bumped on every mutation (instance attribute from then on)
-
-
-def _counting(name: str) -> Callable[..., Any]:
-    base = getattr(list, name)
-
-    def method(self: HeaderList, *args: Any, **kwargs: Any) -> Any:
-        self.version += 1
-        return base(self, *args, **kwargs)
-
-    method.__name__ = name
-    return method
-
-
-for _name in (
-    "__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert",
-    "pop", "remove", "clear", "sort", "reverse",
-):  # fmt: skip
-    setattr(HeaderList, _name, _counting(_name))
-del _name
-
 
 # Header names already checked to be tokens (a bounded memo: names repeat, values do not).
 _TOKEN_NAMES: set[str] = set()
@@ -139,14 +111,25 @@ class SipMessage:
     # directly on `headers` drop it all.
     __slots__ = ("_headers", "body", "_index", "_seen", "_cache", "_cache_seen")
 
-    def __init__(self, headers: Iterable[tuple[str, str]], body: bytes = b"") -> None:
-        self._headers = HeaderList([(name, value) for name, value in headers])
-        _check_headers(self._headers)
-        self.body = bytes(body)
+    def __init__(
+        self,
+        headers: Iterable[tuple[str, str]],
+        body: bytes = b"",
+        trusted: dict[str, Any] | None = None,
+    ) -> None:
+        if trusted is None:
+            self._headers = HeaderList([(name, value) for name, value in headers])
+            _check_headers(self._headers)
+            self.body = bytes(body)
+            self._cache: dict[str, Any] = {}
+            self._cache_seen = -1
+        else:  # see `_request`: parts already valid, `trusted` their parsed values
+            self._headers = headers if type(headers) is HeaderList else HeaderList(headers)
+            self.body = body
+            self._cache = trusted
+            self._cache_seen = 0
         self._index: dict[str, list[int]] = {}
         self._seen = -1
-        self._cache: dict[str, Any] = {}
-        self._cache_seen = -1
 
     # -- header list, index and cache
 
@@ -279,14 +262,14 @@ class SipMessage:
 
     def copy(self) -> SipMessage:
         """An independent copy: a new header list (values and cached objects are immutable)."""
-        new = object.__new__(type(self))
-        self._copy_start_line(new)
-        new._headers = HeaderList(self._headers)
-        new.body = self.body
         self._positions("")  # bring index and cache up to date, then share them
+        new = self._like(HeaderList(self._headers), dict(self._cache))
         new._index, new._seen = self._index, 0
-        new._cache, new._cache_seen = dict(self._cache), 0
         return new
+
+    def _like(self, headers: HeaderList, cache: dict[str, Any]) -> SipMessage:
+        """A message with this one's start line and body, and these headers and cache."""
+        raise NotImplementedError
 
     # -- convenience accessors (parsed on first use, cached)
 
@@ -365,9 +348,6 @@ class SipMessage:
     # -- serialisation
 
     def _start_line(self) -> str:
-        raise NotImplementedError
-
-    def _copy_start_line(self, new: Any) -> None:
         raise NotImplementedError
 
     def __bytes__(self) -> bytes:
@@ -456,12 +436,14 @@ class SipRequest(SipMessage):
         headers: Iterable[tuple[str, str]],
         body: bytes = b"",
         version: str = "SIP/2.0",
+        trusted: dict[str, Any] | None = None,
     ) -> None:
-        if not TOKEN_RE.fullmatch(method):
-            raise ValueError(f"method {method!r} is not a token")
-        if not uri or any(c in uri for c in " \t\r\n"):
-            raise ValueError(f"Request-URI {uri!r} is empty or contains whitespace")
-        super().__init__(headers, body)
+        if trusted is None:
+            if not TOKEN_RE.fullmatch(method):
+                raise ValueError(f"method {method!r} is not a token")
+            if not uri or any(c in uri for c in " \t\r\n"):
+                raise ValueError(f"Request-URI {uri!r} is empty or contains whitespace")
+        super().__init__(headers, body, trusted)
         self.method = method
         self.uri = uri
         self.version = version
@@ -469,8 +451,8 @@ class SipRequest(SipMessage):
     def _start_line(self) -> str:
         return f"{self.method} {self.uri} {self.version}"
 
-    def _copy_start_line(self, new: SipRequest) -> None:
-        new.method, new.uri, new.version = self.method, self.uri, self.version
+    def _like(self, headers: HeaderList, cache: dict[str, Any]) -> SipRequest:
+        return SipRequest(self.method, self.uri, headers, self.body, self.version, cache)
 
     def copy(self) -> SipRequest:
         return super().copy()  # type: ignore[return-value]
@@ -491,12 +473,14 @@ class SipResponse(SipMessage):
         headers: Iterable[tuple[str, str]],
         body: bytes = b"",
         version: str = "SIP/2.0",
+        trusted: dict[str, Any] | None = None,
     ) -> None:
-        if not isinstance(status, int) or not 100 <= status <= 699:
-            raise ValueError(f"status code {status!r} outside 100..699")
-        if "\r" in reason or "\n" in reason:
-            raise ValueError("reason phrase contains CR or LF")
-        super().__init__(headers, body)
+        if trusted is None:
+            if not isinstance(status, int) or not 100 <= status <= 699:
+                raise ValueError(f"status code {status!r} outside 100..699")
+            if "\r" in reason or "\n" in reason:
+                raise ValueError("reason phrase contains CR or LF")
+        super().__init__(headers, body, trusted)
         self.status = status
         self.reason = reason
         self.version = version
@@ -504,8 +488,8 @@ class SipResponse(SipMessage):
     def _start_line(self) -> str:
         return f"{self.version} {self.status} {self.reason}"
 
-    def _copy_start_line(self, new: SipResponse) -> None:
-        new.status, new.reason, new.version = self.status, self.reason, self.version
+    def _like(self, headers: HeaderList, cache: dict[str, Any]) -> SipResponse:
+        return SipResponse(self.status, self.reason, headers, self.body, self.version, cache)
 
     def copy(self) -> SipResponse:
         return super().copy()  # type: ignore[return-value]
@@ -529,13 +513,7 @@ def _request(
     """A request built by this project's code from parts already valid (parsed, checked or
     literal): what `SipRequest(...)` makes, without its checks. `cache` holds parsed values
     the caller vouches for (each equal to what parsing its header would give)."""
-    msg = object.__new__(SipRequest)
-    msg.method, msg.uri, msg.version = method, uri, version
-    msg._headers = HeaderList(headers)
-    msg.body = body
-    msg._index, msg._seen = {}, -1
-    msg._cache, msg._cache_seen = ({} if cache is None else cache), 0
-    return msg
+    return SipRequest(method, uri, headers, body, version, {} if cache is None else cache)
 
 
 def _response(
@@ -547,10 +525,4 @@ def _response(
     cache: dict[str, Any] | None = None,
 ) -> SipResponse:
     """`_request` for responses."""
-    msg = object.__new__(SipResponse)
-    msg.status, msg.reason, msg.version = status, reason, version
-    msg._headers = HeaderList(headers)
-    msg.body = body
-    msg._index, msg._seen = {}, -1
-    msg._cache, msg._cache_seen = ({} if cache is None else cache), 0
-    return msg
+    return SipResponse(status, reason, headers, body, version, {} if cache is None else cache)

@@ -185,20 +185,19 @@ def parse_message(data: bytes) -> SipRequest | SipResponse:
     lines = iter(head.split("\r\n"))
     first = next(lines)
     method: str | None = None
-    msg: SipRequest | SipResponse
     if first[:4].upper() == "SIP/":
         version, status, reason = _parse_status_line(first)
-        msg = object.__new__(SipResponse)
-        msg.status, msg.reason, msg.version = status, reason, version
     else:
         method, uri, version = _parse_request_line(first)
-        msg = object.__new__(SipRequest)
-        msg.method, msg.uri, msg.version = method, uri, version
 
     pairs, index = _header_fields(lines)
-    msg._headers, msg._index, msg._seen = pairs, index, 0
     cache: dict[str, Any] = {}
-    msg._cache, msg._cache_seen = cache, 0
+    msg: SipRequest | SipResponse
+    if method is None:
+        msg = SipResponse(status, reason, pairs, b"", version, trusted=cache)
+    else:
+        msg = SipRequest(method, uri, pairs, b"", version, trusted=cache)
+    msg._index, msg._seen = index, 0
 
     cseq = cache["cseq"] = CSeq.parse(pairs[index["cseq"][0]][1])
     cache["call-id"] = pairs[index["call-id"][0]][1]

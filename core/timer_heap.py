@@ -71,9 +71,9 @@ class TimerHeap:
                 entry[2]._carrier = None
             entry[2] = None
         for queue in self._lingering.values():
-            for entry in queue:
-                if entry[2]._carrier is entry:
-                    entry[2]._carrier = None
+            for queued in queue:
+                if queued[2]._carrier is queued:
+                    queued[2]._carrier = None
         self._heap.clear()
         self._lingering.clear()
         self._dead = self._running = 0

@@ -233,7 +233,9 @@ class Transaction:
         self._settings = settings
         self._timers: dict[str, tuple[float, int]] | None = {}  # (when, seq); None: lingers
         self._interval: dict[str, float] | None = {}  # last interval of A, E, G (backoff)
-        self._carrier: list[Any] | tuple | None = None  # in the heap, or see `_linger`
+        # Its entry in the heap (a list carrying its timers), or in a linger queue (a tuple,
+        # see `_linger`), or None.
+        self._carrier: Any = None
 
     def __repr__(self) -> str:
         method = self.request.method if self.request is not None else "(settled)"
@@ -399,7 +401,9 @@ class Transaction:
         self._start(timer, interval, now)
 
     def _eff_backoff(self, timer: str, message: Any, now: float, out: list) -> None:
-        interval = 2 * self._interval.get(timer, self._settings.t1)
+        intervals = self._interval
+        assert intervals is not None  # only a settled transaction drops it, and stops backing off
+        interval = 2 * intervals.get(timer, self._settings.t1)
         if timer != "A":  # Timer A doubles without bound; E and G are capped at T2
             interval = min(interval, self._settings.t2)
         self._start(timer, interval, now)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import math
 import random
-import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -408,7 +407,6 @@ class AsyncModuleStrategy(Strategy):
         if values.get("s") is not None:
             for name, default in _S_DEFAULTS.items():
                 values.setdefault(name, default)
-        self._modules: weakref.WeakKeyDictionary[Server, AsyncModule] = weakref.WeakKeyDictionary()
         super().__init__(**values)
 
     def validate(self) -> None:
@@ -449,11 +447,11 @@ class AsyncModuleStrategy(Strategy):
     # ------------------------------------------------------------------ behaviour
 
     def install(self, server: Server) -> None:
-        self._modules[server] = AsyncModule(server, self.module_config)
+        server.strategy_state = AsyncModule(server, self.module_config)
 
     def backlog(self, server: Server) -> int:
         """Items in the seconds ring and the ms list, plus tasks waiting for a task worker."""
-        module = self._modules[server]
+        module = self.module(server)
         waiting = len(module.tasks.queue)
         if module.ring is not None:
             waiting += len(module.ring)
@@ -463,10 +461,10 @@ class AsyncModuleStrategy(Strategy):
 
     def module(self, server: Server) -> AsyncModule:
         """The module state installed on `server` (tests and reports look inside)."""
-        return self._modules[server]
+        return server.strategy_state
 
     def defer(self, server: Server, process: Process, txn: TxnId) -> Program:
-        module = self._modules[server]
+        module = self.module(server)
         if self.seconds_form:
             rc = yield from module.async_sleep(process, txn, self.values["s"])
         else:

@@ -30,7 +30,6 @@ What it must not do: resume anywhere but in an rtimer process, or hide a dropped
 
 from __future__ import annotations
 
-import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,10 +182,6 @@ class MqueueRtimer(Strategy):
         ),
     )
 
-    def __init__(self, **values: object) -> None:
-        super().__init__(**values)
-        self._pools: weakref.WeakKeyDictionary[Server, RtimerPool] = weakref.WeakKeyDictionary()
-
     def validate(self) -> None:
         interval_us = self.values["interval"] * 1e6
         if abs(interval_us - round(interval_us)) > 1e-6:
@@ -205,7 +200,7 @@ class MqueueRtimer(Strategy):
 
     def install(self, server: Server) -> None:
         pool = RtimerPool(MessageQueue(QUEUE_NAME, self.values["size"], self.values["addmode"]))
-        self._pools[server] = pool
+        server.strategy_state = pool
         for child, forked in enumerate(server.fork_offsets(self.values["timers"])):
             pool.processes.append(
                 server.spawn(
@@ -217,18 +212,18 @@ class MqueueRtimer(Strategy):
 
     def backlog(self, server: Server) -> int:
         """Items waiting in the mqueue (popped ones being slept out are not counted)."""
-        return len(self._pools[server].queue)
+        return len(self.pool(server).queue)
 
     def pool(self, server: Server) -> RtimerPool:
         """The queue and timer processes installed on `server`."""
-        return self._pools[server]
+        return server.strategy_state
 
     def defer(self, server: Server, process: Process, txn: TxnId) -> Program:
         # the script does not test t_suspend(): whatever it returned, the ids are queued
         yield from server.suspend(process, txn)
         added_at = server.now  # $TV(Sn), read just before mq_add
         yield Compute(server.costs.seconds("mq_add"))
-        for reason, _ in self._pools[server].queue.add(QueuedItem(txn.index, txn, added_at)):
+        for reason, _ in self.pool(server).queue.add(QueuedItem(txn.index, txn, added_at)):
             server.count(DROP_COUNTERS[reason])
 
     def _timer_program(

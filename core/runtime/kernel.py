@@ -23,7 +23,7 @@ import gc
 import heapq
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.lowlevel
@@ -244,6 +244,7 @@ class Kernel:
         """
         clock = self._clock
         guard = self._guard
+        assert clock is not None and guard is not None  # set by `run`, which calls this
         heap = self._heap
         limit = math.inf if until is None else until
         trio_deadline = guard.next_deadline()
@@ -304,7 +305,13 @@ class Kernel:
             if clock is None:
                 self.now = max(self.now, current)
             return True
-        if clock is not None and not self._guard.runnable() and when <= self._guard.next_deadline():
+        guard = self._guard
+        if (
+            clock is not None
+            and guard is not None
+            and not guard.runnable()
+            and when <= guard.next_deadline()
+        ):
             clock.jump(when - current)
             return True
         await self._wait(when)
@@ -414,8 +421,8 @@ that does leak cycles stays bounded instead of growing without limit."""
 class sim_gc:
     """Context manager: cyclic GC off (re-entrant), restored on exit; for virtual-time runs."""
 
-    _depth = 0
-    _was_enabled = True
+    _depth: ClassVar[int] = 0
+    _was_enabled: ClassVar[bool] = True
 
     def __enter__(self) -> sim_gc:
         if sim_gc._depth == 0:

@@ -84,13 +84,6 @@ class Process:
         "_wait_started",
     )
 
-    def __new__(cls, kernel: Kernel, *args: Any, **kwargs: Any) -> Process:
-        # A live kernel's processes measure the real CPU of their steps (`MeasuredProcess`);
-        # the choice is made once per process, so the virtual-time step stays untouched.
-        if cls is Process and kernel.live:
-            cls = MeasuredProcess
-        return object.__new__(cls)
-
     def __init__(self, kernel: Kernel, cpu: CpuPool, role: str, name: str) -> None:
         self.kernel = kernel
         self.cpu = cpu
@@ -132,8 +125,7 @@ class Process:
             except StopIteration:
                 self._program = None
                 return
-            kind = type(op)
-            if kind is Compute or kind is Pass:
+            if isinstance(op, Compute):  # or its Pass
                 seconds = op.seconds
                 if seconds <= 0.0:
                     value = None
@@ -142,7 +134,7 @@ class Process:
                 cpu = self.cpu
                 kernel = self.kernel
                 if cpu.load_exponent:
-                    seconds = cpu.at_load(seconds, kernel.now, kind is Compute)
+                    seconds = cpu.at_load(seconds, kernel.now, type(op) is Compute)
                 if cpu.free:
                     self.busy += seconds
                     cpu.busy_total += seconds
@@ -156,7 +148,7 @@ class Process:
                     self._wait_started = kernel.now
                     cpu._runnable.append((self, seconds))
                 return
-            if kind is Sleep:
+            if isinstance(op, Sleep):
                 kernel = self.kernel
                 end = kernel.now + max(0.0, op.seconds)
                 if kernel.run_ahead(end):
@@ -166,14 +158,14 @@ class Process:
                     return
                 kernel.post(end, self._wake, None)
                 return
-            if kind is Get:
+            if isinstance(op, Get):
                 queue = op.queue
                 if queue.items:
                     value = queue.take()
                     continue
                 queue.getters.append(self)
                 return
-            if kind is Put:
+            if isinstance(op, Put):
                 if op.queue.offer(op.item):
                     value = True
                     continue
@@ -216,6 +208,13 @@ class MeasuredProcess(Process):
             Process._resume(self, value)
         finally:
             self.cpu_time += time.thread_time() - started
+
+
+def new_process(kernel: Kernel, cpu: CpuPool, role: str, name: str) -> Process:
+    """A process for `kernel`: one that measures the real CPU of its steps if the kernel is
+    live, chosen once per process so the virtual-time step stays untouched."""
+    cls = MeasuredProcess if kernel.live else Process
+    return cls(kernel, cpu, role, name)
 
 
 LOAD_WINDOW = 0.25

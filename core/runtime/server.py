@@ -18,7 +18,7 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from core.events import (
     Action,
@@ -44,6 +44,7 @@ from core.runtime.process import (
     Queue,
     Sleep,
     Stalls,
+    new_process,
 )
 from core.runtime.tasks import TaskGroup, TaskGroupConfig
 from core.sip import SipMessage, SipParseError, SipRequest, parse_message
@@ -165,6 +166,7 @@ class Server:
         self.counters: Counter[str] = Counter()
         self.deferrals: dict[TxnId, Deferral] = {}
         self.deferral_sink: DeferralSink | None = None  # None: keep every record
+        self.strategy_state: Any = None  # what the strategy keeps per server (`install`)
         self.task_groups: dict[str, TaskGroup] = {}
         self.sip_socket = Queue(
             kernel, "udp", max(1, self.settings.maxbuffer // UDP_DATAGRAM_FOOTPRINT)
@@ -187,7 +189,7 @@ class Server:
 
     def spawn(self, role: str, name: str, program: Callable[[Process], Program]) -> Process:
         """Fork a process running `program(process)` from now on."""
-        process = Process(self.kernel, self.cpu, role, name)
+        process = new_process(self.kernel, self.cpu, role, name)
         self.processes.append(process)
         process.start(program(process))
         return process
@@ -287,12 +289,11 @@ class Server:
     def _apply_now(self, actions: Iterable[Action]) -> None:
         """`apply` for actions without a `Deliver` (nothing in them yields): no generator."""
         for action in actions:
-            kind = type(action)
-            if kind is Send:
+            if isinstance(action, Send):
                 self.transport(action.message, action.destination)
-            elif kind is SuspensionEvent:
+            elif isinstance(action, SuspensionEvent):
                 self._note(action)
-            elif kind is Discarded:
+            elif isinstance(action, Discarded):
                 self.count(f"discarded: {action.reason}")
 
     def _timer(self, process: Process) -> Program:
@@ -327,14 +328,13 @@ class Server:
     def apply(self, process: Process, actions: Iterable[Action]) -> Program:
         """Carry out the core's actions in `process`: send, run the script, keep books."""
         for action in actions:
-            kind = type(action)
-            if kind is Send:
+            if isinstance(action, Send):
                 self.transport(action.message, action.destination)
-            elif kind is Deliver:
+            elif isinstance(action, Deliver):
                 yield from self._request_route(process, action)
-            elif kind is SuspensionEvent:
+            elif isinstance(action, SuspensionEvent):
                 self._note(action)
-            elif kind is Discarded:
+            elif isinstance(action, Discarded):
                 self.count(f"discarded: {action.reason}")
 
     def _request_route(self, process: Process, deliver: Deliver) -> Program:
@@ -410,20 +410,20 @@ class Server:
         if kind == "suspended":
             if event.txn not in self.deferrals:
                 request = self.proxy.request_of(event.txn)
-                deferral = self.deferrals[event.txn] = Deferral(
+                opened = self.deferrals[event.txn] = Deferral(
                     event.txn,
                     event.time,
                     call_id=request.call_id if request is not None else "",
                     cseq=request.cseq.number if request is not None else 0,
                 )
                 if self.deferral_sink is not None:
-                    self.deferral_sink.opened(deferral)
+                    self.deferral_sink.opened(opened)
             return
         if kind == "freed":
             if self.deferral_sink is not None:
-                deferral = self.deferrals.pop(event.txn, None)
-                if deferral is not None:
-                    self.deferral_sink.retired(deferral)
+                freed = self.deferrals.pop(event.txn, None)
+                if freed is not None:
+                    self.deferral_sink.retired(freed)
             return
         deferral = self.deferrals.get(event.txn)
         if deferral is None:
@@ -449,10 +449,10 @@ class Server:
     # ------------------------------------------------------------------ accounting
 
     def busy_by_role(self) -> dict[str, float]:
-        totals: Counter[str] = Counter()
+        totals: dict[str, float] = {}
         for process in self.processes:
-            totals[process.role] += process.busy
-        return dict(totals)
+            totals[process.role] = totals.get(process.role, 0.0) + process.busy
+        return totals
 
     def wakeups_by_role(self) -> dict[str, int]:
         totals: Counter[str] = Counter()

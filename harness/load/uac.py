@@ -307,8 +307,10 @@ class Uac(Endpoint):
     def _own_timer(self, target: Any, name: str, when: float, now: float) -> list[Send]:
         if name == "next":
             return self._next_step(target, now, when)
-        if name == "forget" and self._live.get(target.call_id) is target:
-            del self._live[target.call_id]
+        if name == "forget":
+            call_id = target.call_id
+            if self._live.get(call_id) is target:
+                del self._live[call_id]
         return []
 
     # ------------------------------------------------------------------ requests
@@ -477,8 +479,12 @@ class Uac(Endpoint):
             cseq = response.cseq
         except SipParseError:
             call = None
-        late_2xx = call is not None and 200 <= response.status < 300
-        if late_2xx and cseq.method == "INVITE" and cseq.number in call.acks:
+        if (
+            call is not None
+            and 200 <= response.status < 300
+            and cseq.method == "INVITE"
+            and cseq.number in call.acks
+        ):
             return self._ack_2xx(call, cseq.number)
         self.counters["stray responses"] += 1
         return []

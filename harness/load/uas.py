@@ -197,7 +197,7 @@ class Uas(Endpoint):
         to_tag = ack.to_tag
         dialog = self._dialogs.get((ack.call_id, to_tag)) if to_tag else None
         pending = dialog.pending if dialog is not None else None
-        if pending is not None and pending.cseq == ack.cseq.number:
+        if dialog is not None and pending is not None and pending.cseq == ack.cseq.number:
             self._stop(dialog)
             self.counters["2xx acknowledged"] += 1
         else:
