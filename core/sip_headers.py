@@ -15,6 +15,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
+
+from core.compiled import by_fields
 
 __all__ = [
     "CSeq",
@@ -222,6 +225,9 @@ def split_list(value: str, strict: bool = False) -> list[str]:
 class CSeq:
     """The CSeq header: sequence number and method."""
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
+
     number: int
     method: str
 
@@ -240,6 +246,9 @@ class CSeq:
 class Uri:
     """A URI. For sip/sips every part is parsed (escapes are kept, never decoded); any other
     scheme is opaque: `host` holds everything after "scheme:", user/password/port are None."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     scheme: str
     user: str | None
@@ -334,6 +343,9 @@ class NameAddr:
     The URI's own syntax is checked when `parsed_uri` (parse_uri) is called.
     """
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
+
     display: str | None
     uri: str
     params: tuple[tuple[str, str | None], ...] = ()
@@ -387,6 +399,9 @@ def parse_name_addr(text: str) -> NameAddr:
 class Via:
     """One Via value. `host` is kept as written (IPv6 references keep their brackets),
     `transport` is upper-cased."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     transport: str
     host: str

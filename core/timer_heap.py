@@ -18,6 +18,11 @@ _heappush = heapq.heappush
 
 _CARRIER = "(carrier)"  # the name of a heap entry that carries a transaction's timers
 
+# A queued linger timer (when, seq, txn, name), typed as a plain tuple: it is told from a
+# dead one by identity (`txn._carrier is entry`), which the compiled build keeps only for
+# tuples it does not unpack into C values.
+LingerEntry = tuple
+
 
 class TimerHeap:
     """Deadlines of many timers in one heap; cancelled entries are skipped when popped.
@@ -51,7 +56,7 @@ class TimerHeap:
         self._seq = itertools.count()
         self._dead = 0
         self._running = 0  # timers scheduled or started, neither cancelled nor fired
-        self._lingering: dict[str, deque[tuple[float, int, Any, str]]] = {}
+        self._lingering: dict[str, deque[LingerEntry]] = {}
 
     def __len__(self) -> int:
         return self._running
@@ -96,9 +101,7 @@ class TimerHeap:
         _heappush(self._heap, entry)
         return entry
 
-    def _linger(
-        self, when: float, seq: int, txn: Any, name: str
-    ) -> tuple[float, int, Any, str] | None:
+    def _linger(self, when: float, seq: int, txn: Any, name: str) -> LingerEntry | None:
         """Queue the linger timer `name` of `txn` (started as `(when, seq)`); its entry, or
         None if it would not be the queue's latest (then it stays on the heap)."""
         queue = self._lingering.get(name)
@@ -106,13 +109,13 @@ class TimerHeap:
             queue = self._lingering[name] = deque()
         elif queue and queue[-1][:2] > (when, seq):
             return None
-        entry = (when, seq, txn, name)
+        entry: LingerEntry = (when, seq, txn, name)
         queue.append(entry)
         return entry
 
-    def _lingering_head(self) -> tuple[float, int, Any, str] | None:
+    def _lingering_head(self) -> LingerEntry | None:
         """The earliest live queued linger timer (dead queue heads are dropped)."""
-        first = None
+        first: LingerEntry | None = None
         for queue in self._lingering.values():
             while queue and queue[0][2]._carrier is not queue[0]:
                 queue.popleft()

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core.compiled import by_fields
 from core.events import Address, Send
 from core.sip import SipMessage, SipRequest, SipResponse, parse_message
 from core.timer_heap import TimerHeap  # the users of transactions import it from here
@@ -44,6 +45,9 @@ class TransactionError(Exception):
 @dataclass(frozen=True, slots=True)
 class TimerSettings:
     """RFC 3261 timer base values (seconds); every §17 timer derives from these."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     t1: float = 0.5
     t2: float = 4.0

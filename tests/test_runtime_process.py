@@ -35,6 +35,35 @@ def test_sleep_and_compute_happen_at_exact_virtual_times():
     assert log == [("woke", 0.5), ("computed", 0.75), ("end", 2.0)]
 
 
+@pytest.mark.parametrize("ahead", [True, False])
+def test_a_step_with_nothing_due_runs_ahead_unless_switched_off(ahead: bool, monkeypatch):
+    """Sleeps and computes with nothing else due move time inside the running step (no heap
+    round trip) when running ahead is on; either way at the same exact times."""
+    from core.runtime import kernel as kernel_module
+
+    monkeypatch.setattr(kernel_module, "RUN_AHEAD", ahead)
+    log: list[float] = []
+    events: list[int] = []
+
+    async def main() -> None:
+        kernel = Kernel()
+        proc = Process(kernel, CpuPool(kernel, 1), "test", "p")
+
+        def program():
+            for _ in range(3):
+                yield Sleep(0.5)
+                yield Compute(0.25)
+                log.append(kernel.now)
+
+        proc.start(program())
+        await kernel.run(until=5.0)
+        events.append(kernel.events_run)
+
+    run_on_virtual_time(main)
+    assert log == [0.75, 1.5, 2.25]
+    assert events == ([1] if ahead else [7])
+
+
 def test_wakeup_latency_delays_sleep_returns_and_hand_offs_but_not_running_work():
     log: list[tuple[str, float]] = []
 
@@ -68,14 +97,10 @@ def test_wakeup_latency_delays_sleep_returns_and_hand_offs_but_not_running_work(
     ]
 
 
-class _Clock:
-    now = 0.0
-
-
 def test_stalls_cover_their_share_of_time_and_release_everyone_at_their_end():
     import random
 
-    clock = _Clock()
+    clock = Kernel()  # only its `now` is read, set by hand here
     stalls = Stalls(clock, random.Random(5), mean_s=0.001, share=0.4)
     delays = []
     for k in range(200_000):
@@ -92,8 +117,8 @@ def test_stalls_grow_with_the_cores_busy_share_over_the_last_window():
     over the last window, up to `ceiling`; idle cores leave it at mean_s."""
     import random
 
-    clock = _Clock()
-    cpu = CpuPool(clock, 2)  # type: ignore[arg-type]
+    clock = Kernel()  # only its `now` is read, set by hand here
+    cpu = CpuPool(clock, 2)
     stalls = Stalls(clock, random.Random(5), mean_s=0.001, share=0.4, per_load=0.004, cpu=cpu,
                     ceiling=0.6)  # fmt: skip
 

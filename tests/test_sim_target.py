@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 import strategies
+from core.runtime import kernel as kernel_module
 from core.runtime.kernel import Kernel, run_on_virtual_time
 from core.runtime.server import ServerSettings
 from harness.load.network import PROXY, UAC, UAS, Link, SimNetwork
@@ -122,7 +123,7 @@ def test_running_ahead_changes_nothing_but_speed(spec: str, monkeypatch) -> None
     heap round trip: the same callbacks at the same times, so the same result, idle run and
     wake-up latency draws included."""
     ahead = SimTarget(driver="sipp").run(spec, RACY, 3, SETTINGS)
-    monkeypatch.setattr(Kernel, "run_ahead", lambda self, when: False)
+    monkeypatch.setattr(kernel_module, "RUN_AHEAD", False)
     posted = SimTarget(driver="sipp").run(spec, RACY, 3, SETTINGS)
     assert without_wall_clock(ahead) == without_wall_clock(posted)
 

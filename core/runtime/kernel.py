@@ -29,6 +29,7 @@ import anyio
 import anyio.lowlevel
 
 _CHECKPOINT_EVERY = 512  # jumps between real trio checkpoints (cancellation stays responsive)
+RUN_AHEAD = True  # False: every step goes through the heap (`run_ahead` always declines)
 
 
 class TimerHandle:
@@ -257,7 +258,8 @@ class Kernel:
             entries = runner.entry_queue
             queue, idempotent = entries.queue, entries.idempotent_queue
             self._trio_queues = (runq, queue, idempotent)
-            self.horizon = min(limit, trio_deadline)  # callbacks may `run_ahead` up to it
+            if RUN_AHEAD:  # callbacks may `run_ahead` up to the horizon
+                self.horizon = min(limit, trio_deadline)
         ran = 0
         try:
             for _ in range(_CHECKPOINT_EVERY):

@@ -116,9 +116,10 @@ class Process:
 
     def _resume(self, value: Any) -> None:
         """Advance the program until it has to wait for time, a core or a queue."""
-        program = self._program
+        program: Generator[object, Any, Any] | None = self._program
         if program is None:
             return
+        op: object  # checked below: anything else a program yields is an error
         while True:
             try:
                 op = program.send(value)

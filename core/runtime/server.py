@@ -20,6 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from mypy_extensions import mypyc_attr
+
+from core.compiled import by_fields
 from core.events import (
     Action,
     Address,
@@ -78,6 +81,9 @@ class DeferralStrategy(Protocol):
 class ServerSettings:
     """Server-wide settings that belong to no strategy (flags of every target command)."""
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
+
     children: int = 8
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     fr_timer: float = 30.0
@@ -134,6 +140,7 @@ class DeferralSink(Protocol):
     def recorded(self, deferral: Deferral) -> None: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the live target's `LiveServer`
 class Server:
     """Kamailio's processes around one `Proxy`, deferring re-INVITEs with one strategy."""
 

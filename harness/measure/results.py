@@ -30,7 +30,8 @@ measured or nothing to measure):
       "network": "1ms±1ms" | null,                   # sim: link latency ± jitter (loss)
       "costs": "results/calibration/profile.toml" | "built-in" | "<file>" | null,  # sim profile
       "machine": {"platform": "Linux-6.1-x86_64", "python": "3.11.2",
-                  "cpu_count": 8, "cpu_model": "AMD EPYC ..." | null},
+                  "cpu_count": 8, "cpu_model": "AMD EPYC ..." | null,
+                  "engine": "compiled (mypyc)" | "Python (<why>)"},  # optional: ran the sim
       "strategies": [ {
         "strategy": "mqueue-rtimer:timers=12,interval=10ms,...",  # canonical strategy spec
         "params": {"timers": 12, ...},               # its parsed parameters
@@ -81,6 +82,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core import compiled
 from harness.load.spec import LoadSpec
 from harness.measure.ledger import LedgerSummary
 from harness.measure.metrics import SUMMARY_KEYS, Distribution, Summary
@@ -356,6 +358,7 @@ class MachineFacts:
     python: str
     cpu_count: int | None
     cpu_model: str | None
+    engine: str | None = None  # what ran the sim's hot path (`core.compiled.ENGINE`)
 
     @classmethod
     def current(cls) -> MachineFacts:
@@ -365,6 +368,7 @@ class MachineFacts:
             python=platform.python_version(),
             cpu_count=os.cpu_count(),
             cpu_model=_cpu_model(),
+            engine=compiled.ENGINE,
         )
 
 
@@ -490,6 +494,9 @@ class RunResult:
                 python=machine.string("python"),
                 cpu_count=machine.integer("cpu_count", nullable=True),
                 cpu_model=machine.string("cpu_model", nullable=True),
+                engine=(
+                    machine.string("engine", nullable=True) if "engine" in machine.data else None
+                ),
             ),
             strategies=[StrategyResult.from_json(_Reader(s, p)) for s, p in r.array("strategies")],
             network=r.string("network", nullable=True) if "network" in data else None,

@@ -1,0 +1,73 @@
+"""The compiled build of the sim's hot modules: the sources' results, never a stale extension."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import compiled
+from tests.test_sim_target import without_wall_clock
+
+LOAD = "reinvite:rate=20/s,duration=3s,reinvites=5,gap=0ms"
+needs_build = pytest.mark.skipif(not compiled.ACTIVE, reason=f"the sim runs as {compiled.ENGINE}")
+
+
+def _run(out: Path, *, pure: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != compiled.PURE_ENV}
+    if pure:
+        env[compiled.PURE_ENV] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", "--strategy", "mqueue-rtimer",
+         "--strategy", "async-route", "--strategy", "async-task", "--load", LOAD,
+         "--seed", "5", "--out", str(out), "--quiet", "--no-plots"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=compiled.ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "result.json").read_text())
+
+
+@needs_build
+def test_the_compiled_modules_give_the_sources_results_for_a_seed(tmp_path: Path) -> None:
+    fast = _run(tmp_path / "compiled", pure=False)
+    plain = _run(tmp_path / "sources", pure=True)
+    assert fast["machine"]["engine"] == "compiled (mypyc)"
+    assert plain["machine"]["engine"] == f"Python ({compiled.PURE_ENV} is set)"
+    assert len(fast["strategies"]) == 3
+    assert [without_wall_clock(s) for s in fast["strategies"]] == [
+        without_wall_clock(s) for s in plain["strategies"]
+    ]
+
+
+def test_the_sources_are_imported_when_asked() -> None:
+    probe = "import core.runtime.kernel as k, core.compiled as c; print(k.__file__, c.ENGINE)"
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+        env={**os.environ, compiled.PURE_ENV: "1"}, cwd=compiled.ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    path, engine = proc.stdout.strip().split(" ", 1)
+    assert path.endswith("kernel.py")
+    assert engine == f"Python ({compiled.PURE_ENV} is set)"
+
+
+@needs_build
+def test_a_source_edited_since_compiling_sends_every_module_back_to_its_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = json.loads(compiled.MANIFEST.read_text())
+    assert set(record) == set(compiled.MODULES)
+    record["core.tm"] = "0" * 64  # as if core/tm.py had been edited after the build
+    stale = tmp_path / "compiled.json"
+    stale.write_text(json.dumps(record))
+    monkeypatch.setattr(compiled, "MANIFEST", stale)
+    assert compiled._state() == (False, "Python (core/tm.py changed since it was compiled)")
+
+
+@pytest.mark.skipif(not os.environ.get("CI"), reason="CI checks that its install compiled")
+def test_ci_runs_the_compiled_build() -> None:
+    assert compiled.ACTIVE, compiled.ENGINE
