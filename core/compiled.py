@@ -44,6 +44,9 @@ MODULES = (
     "core.tm",
     "harness.load.uac",
     "harness.load.uas",
+    "harness.load.network",
+    "strategies.mqueue_rtimer",
+    "strategies.async_module",
 )
 """The sim's hot path, by module name (each file must type-check: mypyc compiles by type)."""
 

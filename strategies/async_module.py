@@ -41,6 +41,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from core.events import SuspendOutcome, TxnId
 from core.runtime.process import Compute, Get, Pass, Process, Program, Queue, Sleep
 from core.runtime.server import TICK
@@ -398,6 +400,7 @@ ASYNC_PARAMS: tuple[Param, ...] = (
 )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # `async-route`, `async-sleep`
 class AsyncModuleStrategy(Strategy):
     """A deferral through the async module; subclasses say what the script calls."""
 

@@ -35,13 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from core.events import TxnId
 from core.runtime.process import Compute, Pass, Process, Program, Sleep
 from strategies.base import Strategy
 from strategies.inline import continuation_route, routing_script, trace_line
 from strategies.spec import Param, SpecError, format_duration
 
 if TYPE_CHECKING:
-    from core.events import TxnId
     from core.runtime.server import Server, ServerSettings
 
 QUEUE_NAME = "dq"

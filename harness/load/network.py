@@ -33,6 +33,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from mypy_extensions import mypyc_attr
+
+from core.compiled import by_fields
 from core.events import Address, Send
 from core.runtime.kernel import Kernel, TimerHandle
 from core.sip import SipMessage, SipParseError, parse_message
@@ -48,6 +51,9 @@ Receiver = Callable[[Any, Address], None]
 @dataclass(frozen=True, slots=True)
 class Link:
     """One direction between two hosts: one-way latency, ± jitter (seconds), loss share."""
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     latency: float = 0.0005
     jitter: float = 0.0002
@@ -251,6 +257,7 @@ class Endpoint(Protocol):
     def expire(self, now: float) -> list[Send]: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the live target's `UdpHost`
 class EndpointHost(ABC):
     """Drives a sans-IO endpoint on a kernel: sends what it returns and keeps one kernel
     timer armed at its next deadline. Subclasses say how messages leave (`_send_all`)."""
