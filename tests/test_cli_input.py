@@ -16,7 +16,7 @@ import strategies
 from harness.cli import build_parser, main
 from harness.cli.common import UsageError, rate_list
 from harness.load.network import parse_link
-from harness.load.spec import LoadError, check_plausible, parse_load
+from harness.load.spec import SIM_REINVITES_PER_WALL_S, LoadError, check_plausible, parse_load
 from harness.measure.results import ResultError, read_result
 from strategies.spec import SpecError, parse_duration
 
@@ -123,7 +123,7 @@ def small_result(tmp_path_factory) -> Path:
     "argv, needles",
     [
         (["run", "--load", "reinvite:rate=10000000/s,duration=1s"],
-         ["100,000,000 re-INVITEs", "5,000,000", "1,600 per wall second"]),
+         ["100,000,000 re-INVITEs", "5,000,000", f"{SIM_REINVITES_PER_WALL_S:,} per wall second"]),
         (["run", "--load", "reinvite:rate=2000/s,duration=60s"],
          ["20,000 re-INVITEs/s", "GB", "7.5 KB"]),
         (["run", "--load", "reinvite:rate=0/s,duration=10s"], ["idle:duration=10s"]),

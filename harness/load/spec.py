@@ -33,6 +33,8 @@ import re
 from collections.abc import Iterator
 from typing import Any, Literal
 
+from core import compiled
+
 Arrival = Literal["constant", "poisson", "burst", "ramp", "step"]
 ARRIVALS: tuple[str, ...] = ("constant", "poisson", "burst", "ramp", "step")
 SCENARIOS: tuple[str, ...] = ("reinvite", "idle")
@@ -41,13 +43,14 @@ MAX_CALLS = 10_000_000
 MAX_DURATION_US = 86_400 * 1_000_000
 
 # Plausibility, from what the sim measured on this 2-vCPU machine (`deferbench run --jobs 1
-# --strategy inline --load ...`, /usr/bin/time): 100/s × 100 s × 10 = 100,000 re-INVITEs
-# carried took 39 s and 296 MB (2,600 re-INVITEs per wall second; 200 s: 64 s, 317 MB); 1,000/s
-# × 10 s × 10 = 100,000 re-INVITEs at 10,000/s, far beyond capacity, took 62 s and 848 MB
-# (1,600 per wall second, ≈ 7.5 KB per re-INVITE stuck in the backlog). Kamailio and the sim
-# carry at most ≈ 3,000 re-INVITEs/s here (README: capacity).
-SIM_REINVITES_PER_WALL_S = 1_600  # the slower, overloaded figure
-MAX_REINVITES = 5_000_000  # per strategy: ≈ 52 min of sim at 1,600/s
+# --strategy inline --load ...`, /usr/bin/time): 1,000/s × 10 s × 10 = 100,000 re-INVITEs at
+# 10,000/s, far beyond capacity, took 23.7 s and 931 MB with the compiled build (4,200 per
+# wall second, ≈ 7.5 KB per re-INVITE stuck in the backlog); from the sources
+# (`core.compiled`) 37 s the same hour (2,700 per wall second), 62 s on a slower day (1,600,
+# the figure kept). Kamailio and the sim carry at most ≈ 3,000 re-INVITEs/s here (README:
+# capacity).
+SIM_REINVITES_PER_WALL_S = 4_200 if compiled.ACTIVE else 1_600  # the overloaded figures
+MAX_REINVITES = 5_000_000  # per strategy: ≈ 20 min of sim at 4,200/s, 52 min at 1,600/s
 CARRIED_REINVITES_PER_S = 3_000  # what any target here carries at most
 BACKLOG_KB_PER_REINVITE = 7.5
 MAX_BACKLOG_GB = 4.0  # per strategy (one pool worker each)
@@ -294,7 +297,8 @@ def check_plausible(spec: LoadSpec) -> None:
         raise LoadError(
             f"{spec.spec} offers {total:,.0f} re-INVITEs per strategy, over the "
             f"{MAX_REINVITES:,} limit: the sim runs ≈{SIM_REINVITES_PER_WALL_S:,} per wall "
-            "second here (≈ 52 min for the limit); lower rate, duration or reinvites"
+            f"second here (≈ {MAX_REINVITES / SIM_REINVITES_PER_WALL_S / 60:.0f} min for the "
+            "limit); lower rate, duration or reinvites"
         )
     peak = max(spec.rate, spec.start_rate or 0.0) * spec.reinvites
     backlog = max(0.0, peak - CARRIED_REINVITES_PER_S) * spec.duration

@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from core import compiled
 from tests.benchmarks.sim_speed import yardstick_rate
 
 FAST_DAY = 126_000  # yardstick transactions per second on the fastest day seen
@@ -41,6 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="timed runs (default 3)")
     parser.add_argument("extra", nargs="*", help="more `deferbench run` arguments")
     args = parser.parse_args(argv)
+    print(f"sim engine: {compiled.ENGINE} (the command's own: the same install and environment)")
     print(f"{'round':>5} {'wall s':>7} {'stick/s':>8} {'wall×stick':>11} {'at 126k/s':>10}")
     for i in range(1, args.rounds + 1):
         stick = yardstick_rate()

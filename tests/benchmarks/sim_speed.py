@@ -31,6 +31,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
 import strategies
+from core import compiled
 from core.runtime.server import ServerSettings
 from harness.load.spec import LoadSpec, parse_load
 from harness.profile import sim_profile
@@ -119,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load = parse_load(args.load)
     specs = args.strategies or strategies.names()
     print(f"load {load.spec}; seed {SEED}; yardstick: {YARDSTICK_STEPS} heapq sleep-resumes")
+    print(f"sim engine: {compiled.ENGINE}")
     print(f"{'strategy':<44} {'re-INV':>7} {'wall s':>7} {'txn/s':>7} {'stick/s':>8} {'ratio':>6}")
     for spec in specs:
         s = measure(spec, load, args.rounds)
