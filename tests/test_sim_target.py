@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import gc
 import itertools
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -458,6 +461,24 @@ def test_a_finished_run_is_freed_without_the_cyclic_collector(spec: str) -> None
     assert whole > 20_000
     assert left_short < 500
     assert left_long <= left_short + 50
+
+
+def test_the_first_run_of_a_process_is_freed_without_the_cyclic_collector_too() -> None:
+    """Nothing a process imports for its first run (trio, the first time) may leave a
+    reference cycle through that run's frames, which would hold its whole model."""
+    probe = (
+        "import gc\n"
+        "from harness.load.spec import parse_load\n"
+        "from harness.targets.sim import SimTarget\n"
+        "gc.collect(); gc.disable()\n"
+        "load = parse_load('reinvite:rate=20/s,duration=2s,reinvites=10,gap=1ms')\n"
+        "SimTarget(measure_idle=False).run('mqueue-rtimer', load, 1)\n"
+        "print(gc.collect())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) < 500
 
 
 @pytest.mark.parametrize(
