@@ -225,11 +225,11 @@ def split_list(value: str, strict: bool = False) -> list[str]:
 class CSeq:
     """The CSeq header: sequence number and method."""
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     number: int
     method: str
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
@@ -247,9 +247,6 @@ class Uri:
     """A URI. For sip/sips every part is parsed (escapes are kept, never decoded); any other
     scheme is opaque: `host` holds everything after "scheme:", user/password/port are None."""
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     scheme: str
     user: str | None
     password: str | None
@@ -257,6 +254,9 @@ class Uri:
     port: int | None = None
     params: tuple[tuple[str, str | None], ...] = ()
     headers: str | None = None
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     @property
     def is_sip(self) -> bool:
@@ -343,12 +343,12 @@ class NameAddr:
     The URI's own syntax is checked when `parsed_uri` (parse_uri) is called.
     """
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     display: str | None
     uri: str
     params: tuple[tuple[str, str | None], ...] = ()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     @property
     def tag(self) -> str | None:
@@ -400,13 +400,13 @@ class Via:
     """One Via value. `host` is kept as written (IPv6 references keep their brackets),
     `transport` is upper-cased."""
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     transport: str
     host: str
     port: int | None
     params: tuple[tuple[str, str | None], ...] = ()
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     @property
     def branch(self) -> str | None:

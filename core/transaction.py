@@ -46,12 +46,12 @@ class TransactionError(Exception):
 class TimerSettings:
     """RFC 3261 timer base values (seconds); every §17 timer derives from these."""
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     def __post_init__(self) -> None:
         if not (0 < self.t1 <= self.t2) or self.t4 <= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,20 @@ def test_a_source_edited_since_compiling_sends_every_module_back_to_its_source(
 @pytest.mark.skipif(not os.environ.get("CI"), reason="CI checks that its install compiled")
 def test_ci_runs_the_compiled_build() -> None:
     assert compiled.ACTIVE, compiled.ENGINE
+
+
+def test_settings_and_header_values_cross_process_boundaries() -> None:
+    """The process pool pickles jobs and results; a compiled frozen class must survive it."""
+    from core.runtime.server import ServerSettings
+    from core.sip import parse_message
+    from core.transaction import TimerSettings
+    from harness.load.network import Link
+
+    request = parse_message(
+        b"INVITE sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP h:5060;branch=z9hG4bK1\r\n"
+        b"Max-Forwards: 70\r\nFrom: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>\r\n"
+        b"Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
+    values = [ServerSettings(children=3, cores=2), TimerSettings(t1=0.25), Link(loss=0.01),
+              request.cseq, request.top_via, request.from_addr]  # fmt: skip
+    assert [pickle.loads(pickle.dumps(value)) for value in values] == values

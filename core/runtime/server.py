@@ -81,15 +81,15 @@ class DeferralStrategy(Protocol):
 class ServerSettings:
     """Server-wide settings that belong to no strategy (flags of every target command)."""
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     children: int = 8
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     fr_timer: float = 30.0
     address: Address = ("127.0.0.1", 5060)
     maxbuffer: int = 262_144
     seed: int = 0
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     def __post_init__(self) -> None:
         if self.children < 1:

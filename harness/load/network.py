@@ -52,12 +52,12 @@ Receiver = Callable[[Any, Address], None]
 class Link:
     """One direction between two hosts: one-way latency, ± jitter (seconds), loss share."""
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     latency: float = 0.0005
     jitter: float = 0.0002
     loss: float = 0.0
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return by_fields(self)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.latency <= 60.0:
