@@ -56,6 +56,7 @@ GROUP = "core.compiled_native"
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = Path(__file__).with_name("compiled.json")
 PURE_ENV = "DEFERBENCH_PURE"
+CHANGED = "changed since it was compiled"
 
 
 def source_of(module: str) -> Path:
@@ -88,7 +89,7 @@ def _state() -> tuple[bool, str]:
     for module in MODULES:
         if recorded.get(module) != digest(module):
             changed = source_of(module).relative_to(ROOT)
-            return False, f"Python ({changed} changed since it was compiled)"
+            return False, f"Python ({changed} {CHANGED})"
     return True, "compiled (mypyc)"
 
 
@@ -105,16 +106,19 @@ class _Sources(importlib.abc.MetaPathFinder):
 
 ACTIVE = False
 """Whether this process runs the compiled modules (decided by `install`)."""
+STALE = False
+"""Whether compiled modules exist but a source changed since (they run from the sources)."""
 ENGINE = ""
 """What runs the sim, for results and reports: 'compiled (mypyc)' or 'Python (why)'."""
 
 
 def install() -> None:
     """Decide once per process, before any compiled module is imported."""
-    global ACTIVE, ENGINE
+    global ACTIVE, ENGINE, STALE
     if ENGINE:
         return
     ACTIVE, ENGINE = _state()
+    STALE = CHANGED in ENGINE
     if not ACTIVE:
         sys.meta_path.insert(0, _Sources())
 

@@ -89,3 +89,21 @@ def test_settings_and_header_values_cross_process_boundaries() -> None:
     values = [ServerSettings(children=3, cores=2), TimerSettings(t1=0.25), Link(loss=0.01),
               request.cseq, request.top_via, request.from_addr]  # fmt: skip
     assert [pickle.loads(pickle.dumps(value)) for value in values] == values
+
+
+def test_a_stale_build_is_named_when_deferbench_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from harness.cli import main
+
+    engine = f"Python (core/tm.py {compiled.CHANGED})"
+    monkeypatch.setattr(compiled, "STALE", True)
+    monkeypatch.setattr(compiled, "ENGINE", engine)
+    assert main(["strategies"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        err == f"deferbench: note: the sim runs as {engine}; `pip install -e .` compiles it again\n"
+    )
+    monkeypatch.setattr(compiled, "STALE", False)
+    assert main(["strategies"]) == 0
+    assert capsys.readouterr().err == ""

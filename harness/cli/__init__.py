@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from core import compiled
 from core.runtime.costs import CostProfileError
 from harness.analysis.sweep import SweepError
 from harness.cli import calibrate, check, compare, recommend, run, serve, sweep
@@ -53,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
+    if compiled.STALE:  # a developer's edit: say why the sim runs slower than it did
+        print(f"deferbench: note: the sim runs as {compiled.ENGINE}; `pip install -e .` "
+              "compiles it again", file=sys.stderr)  # fmt: skip
     try:
         if args.command == "serve":  # serve handles its own signals
             return handler(args)
