@@ -5,7 +5,7 @@ every layer it models (event kernel, process model, RFC 3261 transactions, proxy
 the UAC, UAS and network around them); the profile has no hot spot left for a redesign to
 remove, so the interpreter's cost per call is the cost. mypyc compiles these modules, as
 written and type-checked, into C extensions with native classes and direct calls; the same
-code then runs about 1.6× as fast and gives the same results for a seed.
+code then runs 1.6–1.9× as fast (README: Benchmarks) and gives the same results for a seed.
 
 `setup.py` compiles `MODULES` when it can (mypy in the build environment, a C compiler, no
 `DEFERBENCH_PURE` in the environment) and records each source's SHA-256 in `MANIFEST`. An
