@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 
+import core  # noqa: F401  # first: it picks compiled modules or their sources
 from strategies.base import Strategy
 from strategies.spec import SpecError, split_spec
 

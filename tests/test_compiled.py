@@ -44,16 +44,24 @@ def test_the_compiled_modules_give_the_sources_results_for_a_seed(tmp_path: Path
     ]
 
 
-def test_the_sources_are_imported_when_asked() -> None:
-    probe = "import core.runtime.kernel as k, core.compiled as c; print(k.__file__, c.ENGINE)"
+@pytest.mark.parametrize("package", sorted({m.split(".")[0] for m in compiled.MODULES}))
+def test_the_sources_are_imported_when_asked(package: str) -> None:
+    """Whichever compiled module a process imports first (here one of `package`'s), the
+    switch has already decided: every compiled module comes from its source."""
+    first = next(m for m in compiled.MODULES if m.startswith(package + "."))
+    probe = (
+        f"import importlib, {first}, core.compiled as c\n"
+        "print(c.ENGINE)\n"
+        "for m in c.MODULES: print(importlib.import_module(m).__file__)\n"
+    )
     proc = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
         env={**os.environ, compiled.PURE_ENV: "1"}, cwd=compiled.ROOT,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    path, engine = proc.stdout.strip().split(" ", 1)
-    assert path.endswith("kernel.py")
+    engine, *paths = proc.stdout.splitlines()
     assert engine == f"Python ({compiled.PURE_ENV} is set)"
+    assert paths == [str(compiled.source_of(m)) for m in compiled.MODULES]
 
 
 @needs_build
