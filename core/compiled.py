@@ -19,9 +19,9 @@ This module must not import anything of deferbench: `setup.py` reads it before i
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import hashlib
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import json
@@ -67,20 +67,18 @@ def digest(module: str) -> str:
     return hashlib.sha256(source_of(module).read_bytes()).hexdigest()
 
 
-def _extension_of(module: str) -> Path | None:
+def _built(module: str) -> bool:
+    """Whether an extension of `module` lies beside its source."""
     base = ROOT.joinpath(*module.split("."))
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = base.with_name(base.name + suffix)
-        if path.exists():
-            return path
-    return None
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    return any(base.with_name(base.name + suffix).exists() for suffix in suffixes)
 
 
 def _state() -> tuple[bool, str]:
     """Whether the compiled modules are to be used, and why (or why not)."""
     if os.environ.get(PURE_ENV):
         return False, f"Python ({PURE_ENV} is set)"
-    if not all(_extension_of(module) is not None for module in MODULES):
+    if not all(_built(module) for module in MODULES):
         return False, "Python (not compiled)"
     try:
         recorded = json.loads(MANIFEST.read_text())
@@ -93,8 +91,9 @@ def _state() -> tuple[bool, str]:
     return True, "compiled (mypyc)"
 
 
-class _Sources(importlib.abc.MetaPathFinder):
-    """Imports the compiled modules from their sources, ahead of the extensions beside them."""
+class _Sources:
+    """Imports the compiled modules from their sources, ahead of the extensions beside them
+    (a meta path finder: `find_spec` is all the import system asks of one)."""
 
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
@@ -106,24 +105,31 @@ class _Sources(importlib.abc.MetaPathFinder):
 
 ACTIVE = False
 """Whether this process runs the compiled modules (decided by `install`)."""
-STALE = False
-"""Whether compiled modules exist but a source changed since (they run from the sources)."""
 ENGINE = ""
 """What runs the sim, for results and reports: 'compiled (mypyc)' or 'Python (why)'."""
 
 
 def install() -> None:
     """Decide once per process, before any compiled module is imported."""
-    global ACTIVE, ENGINE, STALE
+    global ACTIVE, ENGINE
     if ENGINE:
         return
     ACTIVE, ENGINE = _state()
-    STALE = CHANGED in ENGINE
     if not ACTIVE:
         sys.meta_path.insert(0, _Sources())
 
 
-def by_fields(obj: Any) -> tuple[Any, tuple[Any, ...]]:
-    """`__reduce__` of a frozen dataclass in a compiled module: rebuilt through its
-    constructor, since a compiled frozen class cannot be unpickled field by field."""
+def stale() -> bool:
+    """Compiled modules are there, but a source changed since: they run from the sources."""
+    return CHANGED in ENGINE
+
+
+def _by_fields(obj: Any) -> tuple[Any, tuple[Any, ...]]:
     return type(obj), tuple(getattr(obj, field.name) for field in dataclasses.fields(obj))
+
+
+def pickle_by_fields(*classes: type) -> None:
+    """Pickle (and copy) these frozen dataclasses through their constructors: compiled, a
+    frozen class cannot be rebuilt field by field, which is how pickle would do it."""
+    for cls in classes:
+        copyreg.pickle(cls, _by_fields)

@@ -15,9 +15,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
 
-from core.compiled import by_fields
+from core.compiled import pickle_by_fields
 
 __all__ = [
     "CSeq",
@@ -228,9 +227,6 @@ class CSeq:
     number: int
     method: str
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     def __str__(self) -> str:
         return f"{self.number} {self.method}"
 
@@ -254,9 +250,6 @@ class Uri:
     port: int | None = None
     params: tuple[tuple[str, str | None], ...] = ()
     headers: str | None = None
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
 
     @property
     def is_sip(self) -> bool:
@@ -347,9 +340,6 @@ class NameAddr:
     uri: str
     params: tuple[tuple[str, str | None], ...] = ()
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     @property
     def tag(self) -> str | None:
         return _lower_param(self.params, "tag")
@@ -405,9 +395,6 @@ class Via:
     port: int | None
     params: tuple[tuple[str, str | None], ...] = ()
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     @property
     def branch(self) -> str | None:
         return _lower_param(self.params, "branch")
@@ -455,6 +442,9 @@ class Via:
         if len(value) <= _CACHEABLE:
             return _parse_via_cached(value)
         return _parse_via(value)
+
+
+pickle_by_fields(CSeq, Uri, NameAddr, Via)
 
 
 def _parse_via(value: str) -> Via:

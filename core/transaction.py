@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.compiled import by_fields
+from core.compiled import pickle_by_fields
 from core.events import Address, Send
 from core.sip import SipMessage, SipRequest, SipResponse, parse_message
 from core.timer_heap import TimerHeap  # the users of transactions import it from here
@@ -50,9 +50,6 @@ class TimerSettings:
     t2: float = 4.0
     t4: float = 5.0
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     def __post_init__(self) -> None:
         if not (0 < self.t1 <= self.t2) or self.t4 <= 0:
             raise ValueError(f"need 0 < t1 <= t2 and t4 > 0, got {self}")
@@ -69,6 +66,8 @@ class TimerSettings:
             return self.t4
         raise ValueError(f"unknown timer {timer!r}")
 
+
+pickle_by_fields(TimerSettings)
 
 # ---------------------------------------------------------------- outputs (txn -> user)
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from mypy_extensions import mypyc_attr
 
-from core.compiled import by_fields
+from core.compiled import pickle_by_fields
 from core.events import (
     Action,
     Address,
@@ -88,9 +88,6 @@ class ServerSettings:
     maxbuffer: int = 262_144
     seed: int = 0
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     def __post_init__(self) -> None:
         if self.children < 1:
             raise ValueError(f"children must be >= 1, got {self.children}")
@@ -98,6 +95,9 @@ class ServerSettings:
             raise ValueError(f"cores must be >= 1, got {self.cores}")
         if not 0 < self.fr_timer <= 3600:
             raise ValueError(f"fr_timer must be in (0, 3600] s, got {self.fr_timer}")
+
+
+pickle_by_fields(ServerSettings)
 
 
 @dataclass(slots=True)

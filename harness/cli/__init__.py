@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
-    if compiled.STALE:  # a developer's edit: say why the sim runs slower than it did
+    if compiled.stale():  # a developer's edit: say why the sim runs slower than it did
         print(f"deferbench: note: the sim runs as {compiled.ENGINE}; `pip install -e .` "
               "compiles it again", file=sys.stderr)  # fmt: skip
     try:

@@ -35,7 +35,7 @@ from typing import Any, Literal, Protocol
 
 from mypy_extensions import mypyc_attr
 
-from core.compiled import by_fields
+from core.compiled import pickle_by_fields
 from core.events import Address, Send
 from core.runtime.kernel import Kernel, TimerHandle
 from core.sip import SipMessage, SipParseError, parse_message
@@ -56,9 +56,6 @@ class Link:
     jitter: float = 0.0002
     loss: float = 0.0
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return by_fields(self)
-
     def __post_init__(self) -> None:
         if not 0.0 <= self.latency <= 60.0:
             raise ValueError(f"link latency must be in [0, 60] s, got {self.latency!r}")
@@ -71,6 +68,8 @@ class Link:
         text = f"{self.latency * 1e3:g}ms±{self.jitter * 1e3:g}ms"
         return text + (f" loss {self.loss:.2%}" if self.loss else "")
 
+
+pickle_by_fields(Link)
 
 DEFAULT_LINK = Link()
 
