@@ -14,16 +14,24 @@ import runpy
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).resolve().parent
 compiled = runpy.run_path(str(HERE / "core" / "compiled.py"))
 
 
+# pip runs this file once per step; the metadata steps only need to know that there are
+# extensions, so they get a stand-in instead of paying for mypyc (≈ 13 s of type checking
+# and generating C) that only the build step uses.
+METADATA_STEPS = ("egg_info", "dist_info")
+
+
 def _extensions() -> list:
     if os.environ.get(compiled["PURE_ENV"]):
         return []
+    if sys.argv[1:2] and sys.argv[1] in METADATA_STEPS:
+        return [Extension(compiled["GROUP"] + "__mypyc", [])]
     try:
         from mypyc.build import mypycify
     except ImportError:
