@@ -452,10 +452,14 @@ def maybe_collect() -> None:
         _gc_limit[0] = max(SIM_GC_GROWTH, len(gc.get_objects(generation=2)))
 
 
-def run_on_virtual_time(async_fn: Callable[..., Any], *args: Any) -> Any:
-    """`anyio.run` on trio with `MockClock(autojump_threshold=0)`: the sim target's clock."""
+def run_on_virtual_time(
+    async_fn: Callable[..., Any], *args: Any, run: Callable[..., Any] = anyio.run
+) -> Any:
+    """`anyio.run` on trio with `MockClock(autojump_threshold=0)`: the sim target's clock.
+    `run` is what runs the loop: `anyio.run` or one of its signature that also handles
+    signals (the harness's)."""
     import trio.testing
 
     clock = trio.testing.MockClock(autojump_threshold=0)
     with sim_gc():
-        return anyio.run(async_fn, *args, backend="trio", backend_options={"clock": clock})
+        return run(async_fn, *args, backend="trio", backend_options={"clock": clock})

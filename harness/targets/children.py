@@ -9,11 +9,12 @@ that they die with it, and stopped by PID, never by name.
   its main process's job). `pool_worker_init` does the same for a process pool's workers.
   The parent that counts is the *thread* that forked: children are started from the main
   thread. If the harness died between fork and prctl, the child signals itself at once.
-- **Signals during an event loop.** `run_stoppable` is `anyio.run` for the targets' drivers:
-  a SIGTERM or SIGINT cancels the driver (so its `finally` blocks and context managers stop
-  what it started), and once the loop has unwound the same signal is raised again for
-  whatever handler was there before (the CLI's `StopSignals`, or the default action).
-  A handler that raised straight into a running trio or asyncio loop would abandon it.
+- **Signals during an event loop.** `run_stoppable` is `anyio.run` for the targets' drivers
+  (the sim's virtual-time loop too): a SIGTERM or SIGINT cancels the driver (so its
+  `finally` blocks and context managers stop what it started), and once the loop has
+  unwound the same signal is raised again for whatever handler was there before (the CLI's
+  `StopSignals`, or the default action). A handler that raised straight into a running
+  trio or asyncio loop would abandon it, so none may from the loop's start to its end.
 - **Stopping.** `terminate` (SIGTERM, bounded wait, SIGKILL, bounded wait). `stop_all`
   does that to every child `spawn` started that still runs: the harness's last step when a
   signal stops it, whatever the event loop that was running left undone.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import subprocess
@@ -33,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -56,31 +59,53 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-def run_stoppable(func: Callable[..., Awaitable[T]], *args: Any, backend: str = "asyncio") -> T:
+def run_stoppable(
+    func: Callable[..., Awaitable[T]],
+    *args: Any,
+    backend: str = "asyncio",
+    backend_options: dict[str, Any] | None = None,
+) -> T:
     """`anyio.run(func, *args)`, cancelled by SIGTERM or SIGINT, which is raised again for
-    the previous handler once the loop has unwound (see the module docstring)."""
-    if threading.current_thread() is not threading.main_thread():
-        return anyio.run(func, *args, backend=backend)
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    the previous handler once the loop has unwound (see the module docstring). A signal the
+    process ignores (a pool worker's SIGINT) stays ignored.
+
+    No Python handler may raise while the loop runs: one that raised between two tasks'
+    steps would abandon the loop with its tasks still suspended. So a recording handler
+    covers the moments the loop's signal receiver is not open (the loop starting, `func`'s
+    first step, the loop winding down), and the receiver, once open, cancels `func` for a
+    signal recorded before it."""
+    watched = [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
+    if threading.current_thread() is not threading.main_thread() or not watched:
+        return anyio.run(func, *args, backend=backend, backend_options=backend_options)
     caught: list[int] = []
+    returned: list[T] = []
 
-    async def main() -> T:
+    async def watch(stop: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(*watched) as signals:
+            task_status.started()
+            if not caught:
+                async for signum in signals:
+                    caught.append(signum)
+                    break
+            stop.cancel()
+
+    async def main(call: Callable[[], Awaitable[T]]) -> None:
         async with anyio.create_task_group() as tasks:
-
-            async def watch() -> None:
-                with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-                    async for signum in signals:
-                        caught.append(signum)
-                        tasks.cancel_scope.cancel()
-                        return
-
-            tasks.start_soon(watch)
-            result = await func(*args)
+            await tasks.start(watch, tasks.cancel_scope)
+            returned.append(await call())
+            # Cancelling the watcher leaves a reference cycle through these frames (its
+            # `Cancelled` and traceback): it must not hold the driver, or whatever the
+            # driver holds would wait for the cyclic collector.
+            del call
             tasks.cancel_scope.cancel()
-        return result
 
+    def record(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, record) for sig in watched}
     try:
-        return anyio.run(main, backend=backend)
+        anyio.run(main, functools.partial(func, *args), backend=backend,
+                  backend_options=backend_options)  # fmt: skip
     except BaseExceptionGroup as group:  # the watcher's task group wraps what `func` raised
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
@@ -91,6 +116,9 @@ def run_stoppable(func: Callable[..., Awaitable[T]], *args: Any, backend: str = 
                 signal.signal(sig, handler)
         if caught:
             signal.raise_signal(caught[0])  # the previous handler runs now
+    if returned:
+        return returned.pop()
+    raise Stopped(caught[0])  # cancelled, and the previous handler did not raise
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:

@@ -55,6 +55,7 @@ from harness.measure.entry import CpuWindow, DeferralTally, strategy_entry
 from harness.measure.ledger import Ledger
 from harness.measure.records import RecordFiles
 from harness.targets.base import TargetOptions, refuse
+from harness.targets.children import run_stoppable
 from strategies import parse_spec
 from strategies.base import Strategy
 
@@ -368,7 +369,7 @@ def _run_loaded(
         run.end = kernel.now
         run.calls_planned += sum(1 for _ in plans)  # calls the run ended before starting
 
-    run_on_virtual_time(main)
+    run_on_virtual_time(main, run=run_stoppable)
     return holder[0]
 
 
@@ -447,7 +448,7 @@ def _run_idle_window(
         await kernel.run(until=duration)
         holder.append(_window_of(server, duration))
 
-    run_on_virtual_time(main)
+    run_on_virtual_time(main, run=run_stoppable)
     return holder[0]
 
 
