@@ -48,4 +48,10 @@ def parse_spec(text: str) -> Strategy:
     return cls(**values)
 
 
-__all__ = ["SpecError", "Strategy", "names", "parse_spec", "strategy_class"]
+def canonical_specs(texts: list[str] | tuple[str, ...]) -> list[str]:
+    """Each spec's canonical form, in order, once: `inline` and `inline` (or two spellings
+    of one parameter set) are one strategy, run and reported once."""
+    return list(dict.fromkeys(parse_spec(text).spec for text in texts))
+
+
+__all__ = ["SpecError", "Strategy", "canonical_specs", "names", "parse_spec", "strategy_class"]

@@ -210,6 +210,20 @@ def test_repeat_collects_wall_clock_samples_and_keeps_sim_figures_identical(caps
     assert code == 2 and "--repeat" in err
 
 
+def test_a_strategy_named_twice_runs_and_reports_once(capsys, tmp_path):
+    """Two spellings of one strategy (here: the same parameters in another order)
+    are one strategy: one run, one row, one entry, in the order first given."""
+    code, out, err = run_cli(capsys, "run", "--strategy", "async-sleep:ms=10,workers=2",
+                             "--strategy", "inline", "--strategy", "async-sleep:workers=2,ms=10",
+                             "--load", SMALL_LOAD, "--out", str(tmp_path), "--no-plots",
+                             "--jobs", "1")  # fmt: skip
+    assert code == 0, err
+    entries = read_result(tmp_path / "result.json").strategies
+    assert [e.strategy.split(":")[0] for e in entries] == ["async-sleep", "inline"]
+    assert [line.split()[0] for line in out.splitlines() if line.startswith(("async", "inl"))
+            ] == ["async-sleep:workers=2", "inline"]  # fmt: skip
+
+
 def test_the_sim_charges_the_adopted_calibration_unless_told_otherwise(capsys, tmp_path):
     from harness.profile import ADOPTED
 

@@ -115,7 +115,7 @@ def cmd(args: argparse.Namespace) -> int:
     if side is None:
         settings, duration, ladder = _measuring_flags(args)
         max_steal = _max_steal(args.max_steal)
-        specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
+        specs = strategies.canonical_specs(args.strategy) or strategies.names()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("results") / "calibration" / stamp
     command = ["deferbench", *args.argv]

@@ -124,7 +124,7 @@ def _suite_from_args(args: argparse.Namespace) -> Suite:
         return suite
     default = load_suite("default")
     base = default.runs[0]
-    specs = tuple(strategies.parse_spec(s).spec for s in args.strategy) or base.strategies
+    specs = tuple(strategies.canonical_specs(args.strategy)) or base.strategies
     load = parse_load(args.load) if args.load else base.load
     if not args.load and args.target == "kamailio" and (args.driver or "sipp") == "sipp":
         load = replace(load, arrival="constant")  # SIPp starts calls at a constant rate only

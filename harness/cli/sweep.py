@@ -115,7 +115,7 @@ def cmd(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"sweep: {exc}") from None
     load = parse_load(args.load)
-    specs = [strategies.parse_spec(s).spec for s in args.strategy] or strategies.names()
+    specs = strategies.canonical_specs(args.strategy) or strategies.names()
     points = _run(args, specs, rates, load, settings, target)
     caps = capacity(points, bound, e2e_bound)
     answer = None

@@ -108,12 +108,10 @@ def _parse(data: dict[str, Any], path: Path) -> Suite:
             specs = strategies.names()
         if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs) or not specs:
             raise SuiteError(f'{at}: strategies must be "all" or a list of strategy specs')
-        canonical = []
-        for spec in specs:
-            try:
-                canonical.append(strategies.parse_spec(spec).spec)
-            except SpecError as exc:
-                raise SuiteError(f"{at}: {exc}") from None
+        try:
+            canonical = strategies.canonical_specs(specs)
+        except SpecError as exc:
+            raise SuiteError(f"{at}: {exc}") from None
         parsed.append(
             SuiteRun(
                 target=_target(run.get("target", default_target), at),
