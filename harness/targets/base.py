@@ -45,6 +45,20 @@ def most_stolen(entries: Iterable[Mapping[str, Any]]) -> float | None:
     return worst if over_steal_limit(worst) else None
 
 
+def host_ticks(stat: str = "/proc/stat") -> tuple[int, int] | None:
+    """(stolen, all) CPU ticks of the whole machine since boot, from /proc/stat's `cpu`
+    line (steal is its eighth value); None where the kernel gives no steal figure."""
+    try:
+        with open(stat, encoding="ascii") as f:
+            fields = f.readline().split()
+        ticks = [int(v) for v in fields[1:]]
+    except (OSError, ValueError):
+        return None
+    if fields[:1] != ["cpu"] or len(ticks) < 8:
+        return None
+    return ticks[7], sum(ticks)
+
+
 class TargetError(RuntimeError):
     """A target could not start, observe or drive its server, or cannot play a load (one
     line that names the cause)."""

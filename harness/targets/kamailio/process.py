@@ -64,7 +64,7 @@ import anyio
 
 from core.events import Address
 from harness.measure.entry import CpuWindow
-from harness.targets.base import TargetError
+from harness.targets.base import TargetError, host_ticks
 from harness.targets.children import spawn, terminate
 
 READY_TIMEOUT = 15.0  # seconds for Kamailio to answer the OPTIONS ping
@@ -181,20 +181,6 @@ def sample_process(pid: int) -> ProcSample | None:
     except (OSError, ValueError, IndexError):
         return None
     return ProcSample(cpu, switches)
-
-
-def host_ticks(stat: str = "/proc/stat") -> tuple[int, int] | None:
-    """(stolen, all) CPU ticks of the whole machine since boot, from /proc/stat's `cpu`
-    line (steal is its eighth value); None where the kernel gives no steal figure."""
-    try:
-        with open(stat, encoding="ascii") as f:
-            fields = f.readline().split()
-        ticks = [int(v) for v in fields[1:]]
-    except (OSError, ValueError):
-        return None
-    if fields[:1] != ["cpu"] or len(ticks) < 8:
-        return None
-    return ticks[7], sum(ticks)
 
 
 def children_of(parent: int) -> list[int]:

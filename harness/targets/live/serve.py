@@ -66,6 +66,7 @@ from core.runtime.kernel import Kernel
 from core.runtime.server import Deferral, ServerSettings
 from core.sip import SipMessage, SipParseError, SipRequest, make_response, parse_message
 from harness.measure.entry import DeferralRecord
+from harness.targets.base import host_ticks
 from harness.targets.live.admission import AdmissionLimits, LiveServer, StatmRss
 from harness.targets.live.udp import UdpSocket
 from strategies import parse_spec
@@ -324,6 +325,7 @@ class LiveProxy:
             "queue_depth_mean": self._depth_sum / self._depth_n if self._depth_n else None,
             "rss_mb": self.rss(),
             "shed_503": self.server.shed_total(),
+            "host_ticks": host_ticks(),  # the machine's (stolen, all): was it disturbed?
         }
         self._depth_max = self._depth_sum = self._depth_n = 0
         self.snapshots.append(snap)

@@ -392,7 +392,11 @@ def _window(first: dict[str, Any], last: dict[str, Any]) -> CpuWindow:
     }
     process_cpu = last["process_cpu"] - first["process_cpu"]
     busy["unattributed"] = max(0.0, process_cpu - sum(busy.values()))
-    return CpuWindow(seconds, 1, busy, wakeups)
+    host = None
+    if first.get("host_ticks") and last.get("host_ticks"):
+        (stolen_a, all_a), (stolen_b, all_b) = first["host_ticks"], last["host_ticks"]
+        host = (stolen_b - stolen_a, all_b - all_a)
+    return CpuWindow(seconds, 1, busy, wakeups, host)
 
 
 def _result(run: LiveRun, strategy: Any, load: LoadSpec, seed: int, wall: float) -> dict[str, Any]:
