@@ -29,6 +29,9 @@ METADATA_STEPS = ("egg_info", "dist_info")
 
 def _extensions() -> list:
     if os.environ.get(compiled["PURE_ENV"]):
+        # an earlier in-place build's extensions stay on disk: without their record they
+        # are never imported (`core.compiled`), so this install is plain Python throughout
+        compiled["MANIFEST"].unlink(missing_ok=True)
         return []
     if sys.argv[1:2] and sys.argv[1] in METADATA_STEPS:
         return [Extension(compiled["GROUP"] + "__mypyc", [])]
