@@ -62,6 +62,8 @@ def test_strategies_spec_prints_the_kamailio_config_with_the_core_pool_trap(caps
         (["run", "--children", "0"], "children"),
         (["compare", "/nonexistent/a.json", "/nonexistent/b.json"], "a.json"),
         (["sweep", "--strategy", "inline", "--param", "timers=1..4"], "no parameter timers"),
+        (["sweep", "--rates", "10", "--out", "/proc/deferbench"], "--out /proc/deferbench: cannot"),
+        (["sweep", "--strategy", "inline", "--target-rate", "500"], "--target-rate needs --param"),
         (["bogus-command"], "invalid choice"),
         (["run", "--network", "latency=1"], "bad latency"),
         (["run", "--network", "jitter=1ms,delay=2ms"], "not one of"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from harness.cli import main
 from harness.load.network import Link
 from harness.load.spec import parse_load
 from harness.measure.records import DEFERRAL_COLUMNS, REINVITE_COLUMNS
-from harness.targets.sim import Links, simulate
+from harness.targets.sim import Links, record_stem, simulate
 
 SETTINGS = ServerSettings(cores=2, children=4)
 LOAD = parse_load("reinvite:rate=20/s,duration=2s,reinvites=5,gap=1ms")
@@ -87,3 +88,26 @@ def test_records_on_a_real_target_is_a_one_line_error(tmp_path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "--records: the sim target only (not kamailio" in err[0]
+
+
+def test_sweep_records_each_point_under_its_rate(tmp_path, capsys) -> None:
+    """A sweep's points stream their rows as a run's do, one folder per offered rate, each
+    agreeing with its point's figures; the sweep's figures are those without records."""
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--strategy", "async-sleep:ms=20", "--param", "workers=1,2", "--rates",
+            "10,40", "--load", "reinvite:duration=2s,reinvites=4,gap=1ms", "--no-plots",
+            "--quiet", "--jobs", "1"]  # fmt: skip
+    assert main([*argv, "--records", "--out", str(out)]) == 0
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in (out / "records").iterdir()) == ["10", "40"]
+    doc = json.loads((out / "sweep.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "sweep.json").read_text())
+    assert len(doc["points"]) == 4
+    for point, other in zip(doc["points"], plain["points"], strict=True):
+        assert _figures(point["entry"]) == _figures(other["entry"])
+        stem = out / "records" / f"{point['reinvite_rate']:g}" / record_stem(point["strategy"])
+        deferrals = _rows(stem.with_name(stem.name + ".deferrals.csv"))
+        reinvites = _rows(stem.with_name(stem.name + ".reinvites.csv"))
+        assert len(deferrals) == point["entry"]["ledger"]["resumed"] > 0
+        assert len(reinvites) >= len(deferrals)

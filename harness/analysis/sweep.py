@@ -23,6 +23,7 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import strategies
@@ -147,17 +148,21 @@ def run_sweep(
     target: Target,
     *,
     param: str | None = None,
+    records: Path | None = None,
     executor: Executor | None = None,
     progress: Progress | None = None,
 ) -> list[SweepPoint]:
-    """Every variant at every offered re-INVITE rate; `load` gives the call shape."""
+    """Every variant at every offered re-INVITE rate; `load` gives the call shape.
+    `records`: a directory where each point streams its raw records, one folder per rate
+    (the sim target's `records`)."""
     if not rates or any(r <= 0 for r in rates):
         raise SweepError("--rates needs positive re-INVITE rates, e.g. 100,200,400")
     plan = []
     for spec, base, name, value in variants(specs, param):
         for rate in sorted(rates):
             point_load = replace(load, rate=rate / load.reinvites)
-            job = Job(spec, point_load.spec, seed, settings, target)
+            at = target if records is None else replace(target, records=str(records / f"{rate:g}"))
+            job = Job(spec, point_load.spec, seed, settings, at)
             plan.append((spec, base, name, value, rate, job))
     entries = execute([p[-1] for p in plan], executor, progress)
     return [

@@ -96,6 +96,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p_sweep.add_argument("--jobs", type=int, metavar="N", help="local parallel points")
     p_sweep.add_argument("--out", metavar="DIR")
     p_sweep.add_argument("--no-plots", action="store_true")
+    p_sweep.add_argument(
+        "--records",
+        action="store_true",
+        help="also stream every point's raw re-INVITE and deferral records to CSV files "
+        "under records/<rate>/ as it runs",
+    )
     p_sweep.add_argument("--quiet", action="store_true")
     add_server_flags(p_sweep)
     add_network_flag(p_sweep)
@@ -103,7 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd(args: argparse.Namespace) -> int:
-    from harness.analysis.sweep import capacity, tuning_answer
+    from harness.analysis.sweep import capacity, tuning_answer, variants
 
     settings = server_settings(args)
     costs, source = sim_profile(args.costs)
@@ -116,18 +122,20 @@ def cmd(args: argparse.Namespace) -> int:
         raise UsageError(f"sweep: {exc}") from None
     load = parse_load(args.load)
     specs = strategies.canonical_specs(args.strategy) or strategies.names()
-    points = _run(args, specs, rates, load, settings, target)
-    caps = capacity(points, bound, e2e_bound)
-    answer = None
     if args.target_rate and not args.param:
         raise UsageError("--target-rate needs --param: it asks for the smallest value of one")
+    variants(specs, args.param)  # a bad --param is a one-line error before anything is made
+    out = _out_dir(args)
+    points = _run(args, specs, rates, load, settings, target, out)
+    caps = capacity(points, bound, e2e_bound)
+    answer = None
     if args.param and args.target_rate:
         answer = tuning_answer(points, caps, args.target_rate)
     tables = io.StringIO()
     with contextlib.redirect_stdout(tables):
         _print_tables(args, points, caps, answer, bound, e2e_bound)
     print(tables.getvalue(), end="")
-    out = _write(args, points, caps, answer, load, bound, e2e_bound)
+    _write(args, out, points, caps, answer, load, bound, e2e_bound)
     page.write(out, "sweep", f"deferbench sweep: {', '.join(args.rates.split(','))} re-INVITEs/s",
                [page.Section("points, capacity and tuning", tables.getvalue().strip(),
                              (out / "sweep.png",))],
@@ -143,6 +151,7 @@ def _run(
     load: LoadSpec,
     settings: ServerSettings,
     target: Target,
+    out: Path,
 ) -> list[SweepPoint]:
     """Every point of the sweep, on this machine's cores or on the --scheduler's cluster."""
     from harness.analysis.sweep import run_sweep
@@ -171,6 +180,7 @@ def _run(
             settings,
             target,
             param=args.param,
+            records=out / "records" if args.records else None,
             executor=executor,
             progress=None if args.quiet else text_progress(),
         )
@@ -251,8 +261,21 @@ def _print_tuning(args: argparse.Namespace, answer: dict[str, Any], top: float) 
             print(f"  {base}: none of the swept values carries {args.target_rate:g}/s")
 
 
+def _out_dir(args: argparse.Namespace) -> Path:
+    """--out or results/runs/<stamp>-sweep/, made before anything runs: a sweep must not be
+    lost to an unwritable directory."""
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-sweep"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
+    return out
+
+
 def _write(
     args: argparse.Namespace,
+    out: Path,
     points: list[SweepPoint],
     caps: dict[str, Any],
     answer: dict[str, Any] | None,
@@ -260,15 +283,11 @@ def _write(
     bound: float,
     e2e_bound: float,
 ) -> Path:
-    """sweep.json (and sweep.png unless --no-plots) in --out or results/runs/<stamp>-sweep/;
-    returns that directory."""
+    """sweep.json (and sweep.png unless --no-plots) in `out`."""
     import json
 
     from harness.analysis import plots
 
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-sweep"
-    out.mkdir(parents=True, exist_ok=True)
     document = {
         "schema": "deferbench.sweep/1",
         "command": ["deferbench", *args.argv],
