@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import strategies
-from harness.cli.common import UsageError, add_server_flags, rate_list, server_settings
+from harness.cli.common import (
+    UsageError,
+    add_server_flags,
+    output_dir,
+    rate_list,
+    server_settings,
+)
 from harness.profile import ADOPTED, BUILT_IN, sim_profile
 from harness.targets import STEAL_LIMIT, TargetError
 from strategies.spec import parse_duration
@@ -117,7 +123,7 @@ def cmd(args: argparse.Namespace) -> int:
         max_steal = _max_steal(args.max_steal)
         specs = strategies.canonical_specs(args.strategy) or strategies.names()
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("results") / "calibration" / stamp
+    out = output_dir(Path(args.out) if args.out else Path("results") / "calibration" / stamp)
     command = ["deferbench", *args.argv]
     executor = local_executor(args.jobs)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))

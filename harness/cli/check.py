@@ -11,7 +11,7 @@ import argparse
 import zlib
 from pathlib import Path
 
-from harness.cli.common import UsageError
+from harness.cli.common import UsageError, output_dir
 from harness.measure.results import ResultError, RunResult, read_result
 
 
@@ -50,7 +50,7 @@ def cmd(args: argparse.Namespace) -> int:
     if baseline_path.is_dir() or (not baseline_path.exists() and baseline_path.suffix != ".json"):
         baseline_path = _matching_baseline(baseline_path, new)
     if args.update:
-        baseline_path.parent.mkdir(parents=True, exist_ok=True)
+        output_dir(baseline_path.parent, "--baseline")
         baseline_path.write_text(Path(args.result).read_text(encoding="utf-8"), encoding="utf-8")
         print(f"baseline updated: {baseline_path} <- {args.result}")
         return 0

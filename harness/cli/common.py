@@ -9,7 +9,9 @@ targets) at module level: `deferbench --help` loads it.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import replace
+from pathlib import Path
 
 from core.runtime.costs import CostProfile
 from core.runtime.server import ServerSettings
@@ -94,6 +96,18 @@ def rate_list(text: str, flag: str, alternative: str = "") -> list[float]:
         also = f" {alternative}" if alternative else ""
         raise UsageError(f"{flag} needs positive re-INVITE rates{also}, got {text!r}")
     return rates
+
+
+def output_dir(path: Path, flag: str = "--out") -> Path:
+    """`path`, made now, before anything runs: a run (a calibration's Kamailio half hour)
+    must not be lost to a directory it cannot write. UsageError (one line) if it cannot."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot create ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: not writable")
+    return path
 
 
 def add_network_flag(parser: argparse.ArgumentParser) -> None:

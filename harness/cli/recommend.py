@@ -19,6 +19,7 @@ from harness.cli.common import (
     add_network_flag,
     add_server_flags,
     build_target,
+    output_dir,
     server_settings,
 )
 from harness.load.spec import parse_load
@@ -61,6 +62,8 @@ def cmd(args: argparse.Namespace) -> int:
     question = _question(args)
     costs, source = sim_profile(args.costs)
     sim = build_target("sim", args, costs, source)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = output_dir(Path(args.out or Path("results") / "runs" / f"{stamp}-recommend"))
     executor = local_executor(args.jobs)
     progress = None if args.quiet else text_progress()
     try:
@@ -74,7 +77,7 @@ def cmd(args: argparse.Namespace) -> int:
         confirmed, status = _confirm(rec, rec.ranked(verdicts, question)[0], question)
         print(confirmed)
         text += "\n" + confirmed
-    out = _write(args, question, verdicts, status)
+    _write(args, out, question, verdicts, status)
     title = f"deferbench recommend: {question.rate:g} re-INVITEs/s held {question.delay_ms} ms"
     page.write(out, "recommend", title, [page.Section("verdict and evidence", text)],
                ["deferbench", *args.argv], sim.facts()["costs"])  # fmt: skip
@@ -130,10 +133,7 @@ def _confirm(rec, winner, question) -> tuple[str, int]:  # noqa: ANN001
     return line + (f"\n{note}" if note else ""), 0 if not fails else 1
 
 
-def _write(args: argparse.Namespace, question, verdicts, status: int) -> Path:  # noqa: ANN001
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-recommend"
-    out.mkdir(parents=True, exist_ok=True)
+def _write(args: argparse.Namespace, out: Path, question, verdicts, status: int) -> None:  # noqa: ANN001
     document = {
         "schema": "deferbench.recommend/1",
         "command": ["deferbench", *args.argv],
@@ -158,4 +158,3 @@ def _write(args: argparse.Namespace, question, verdicts, status: int) -> Path:  
         ],  # fmt: skip
     }
     (out / "recommend.json").write_text(json.dumps(document, indent=1), encoding="utf-8")
-    return out

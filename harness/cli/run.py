@@ -22,6 +22,7 @@ from harness.cli.common import (
     add_network_flag,
     add_server_flags,
     build_target,
+    output_dir,
     server_settings,
 )
 from harness.cli.stopping import StopSignals
@@ -166,10 +167,7 @@ def cmd(args: argparse.Namespace) -> int:
             target.check(run.load, run.seed)
     except TargetError as exc:
         raise UsageError(str(exc)) from None
-    try:  # before anything runs: a run must not be lost to an unwritable --out
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
+    output_dir(out)
     executor = local_executor(args.jobs)
     progress = None if args.quiet else text_progress()
     current: _Current | None = None

@@ -28,6 +28,7 @@ from harness.cli.common import (
     add_network_flag,
     add_server_flags,
     build_target,
+    output_dir,
     rate_list,
     server_settings,
 )
@@ -262,15 +263,9 @@ def _print_tuning(args: argparse.Namespace, answer: dict[str, Any], top: float) 
 
 
 def _out_dir(args: argparse.Namespace) -> Path:
-    """--out or results/runs/<stamp>-sweep/, made before anything runs: a sweep must not be
-    lost to an unwritable directory."""
+    """--out or results/runs/<stamp>-sweep/, made before anything runs."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-sweep"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--out {out}: cannot create ({exc.strerror or exc})") from None
-    return out
+    return output_dir(Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-sweep")
 
 
 def _write(
