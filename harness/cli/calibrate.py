@@ -21,6 +21,7 @@ import strategies
 from harness.cli.common import (
     UsageError,
     add_server_flags,
+    count,
     output_dir,
     rate_list,
     server_settings,
@@ -73,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p_cal.add_argument("--seed", type=int, default=1, metavar="N")
     p_cal.add_argument("--out", metavar="DIR", help="where to write profile.toml and JSON")
-    p_cal.add_argument("--jobs", type=int, metavar="N", help="parallel sim runs")
+    p_cal.add_argument("--jobs", type=count, metavar="N", help="parallel sim runs")
     p_cal.add_argument("--quiet", action="store_true", help="no progress lines")
     p_cal.add_argument(
         "--repeat", type=int, default=3, metavar="N",

@@ -98,6 +98,17 @@ def rate_list(text: str, flag: str, alternative: str = "") -> list[float]:
     return rates
 
 
+def count(text: str) -> int:
+    """argparse type of a count such as --jobs: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
 def output_dir(path: Path, flag: str = "--out") -> Path:
     """`path`, made now, before anything runs: a run (a calibration's Kamailio half hour)
     must not be lost to a directory it cannot write. UsageError (one line) if it cannot."""

@@ -19,6 +19,7 @@ from harness.cli.common import (
     add_network_flag,
     add_server_flags,
     build_target,
+    count,
     output_dir,
     server_settings,
 )
@@ -47,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default="sim", choices=["sim", "kamailio"],
                    help="sim (default); kamailio: confirm on real Kamailio")  # fmt: skip
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--jobs", type=int, default=None, help="parallel sim runs (default: cores)")
+    p.add_argument("--jobs", type=count, default=None, help="parallel sim runs (default: cores)")
     p.add_argument("--out", metavar="DIR", help="where recommend.json goes (default results/runs/)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_network_flag(p)

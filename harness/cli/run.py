@@ -22,6 +22,7 @@ from harness.cli.common import (
     add_network_flag,
     add_server_flags,
     build_target,
+    count,
     output_dir,
     server_settings,
 )
@@ -88,7 +89,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p_run.add_argument("--seed", type=int, metavar="N", help="load seed (default: the suite's)")
     p_run.add_argument("--out", metavar="DIR", help="where to write the result files")
     p_run.add_argument(
-        "--jobs", type=int, metavar="N", help="strategies run in parallel (default: one per core)"
+        "--jobs", type=count, metavar="N", help="strategies run in parallel (default: one per core)"
     )
     p_run.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p_run.add_argument(

@@ -28,6 +28,7 @@ from harness.cli.common import (
     add_network_flag,
     add_server_flags,
     build_target,
+    count,
     output_dir,
     rate_list,
     server_settings,
@@ -94,7 +95,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="ADDRESS",
         help="Dask scheduler address (tcp://host:8786): run points there",
     )
-    p_sweep.add_argument("--jobs", type=int, metavar="N", help="local parallel points")
+    p_sweep.add_argument("--jobs", type=count, metavar="N", help="local parallel points")
     p_sweep.add_argument("--out", metavar="DIR")
     p_sweep.add_argument("--no-plots", action="store_true")
     p_sweep.add_argument(
