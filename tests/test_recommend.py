@@ -74,6 +74,7 @@ def test_ten_ms_at_100_per_second_gets_a_verdict_with_evidence_and_cfg(tmp_path,
     assert verdict.split()[1].split(":")[0] in {"async-route", "mqueue-rtimer"}
     assert "min_age" in verdict or "async-route" in verdict  # never the early-resuming seed
     assert "delay honoured: 0.0% early" in out
+    assert "costs:    results/calibration/profile.toml; `deferbench calibrate --adopt`" in out
     assert "ruled out:" in out and "never resumes" in out
     assert "route[DEFER]" in out and (tmp_path / "recommend.json").is_file()
     assert "VERDICT: " in (tmp_path / "recommend.html").read_text()

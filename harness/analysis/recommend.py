@@ -247,6 +247,7 @@ def render(verdicts: Sequence[Verdict], question: Question, target: Target) -> t
         f"          and {high:g}/s must pass too (headroom {question.headroom:g}×)",
         f"evidence: {target.name} target, seed {question.seed}, each configuration at "
         f"{low:g} and {high:g} re-INVITEs/s",
+        *_costs(target),
         "",
         _table(verdicts, question),
         "",
@@ -268,6 +269,18 @@ def render(verdicts: Sequence[Verdict], question: Question, target: Target) -> t
     out += _wrong(verdicts, question)
     out += ["", f"kamailio.cfg lines to paste ({winner.spec}):", _paste(winner, question)]
     return "\n".join(out), 0
+
+
+def _costs(target: Target) -> list[str]:
+    """Whose costs the sim charged: the answer is as good as their fit to the operator's
+    Kamailio and box, so name them, and the command that fits them to another box."""
+    costs = target.facts().get("costs")
+    if not costs:
+        return []
+    line = f"costs:    {costs}"
+    if costs != "built-in":
+        line += "; `deferbench calibrate --adopt` fits them to the Kamailio on your box"
+    return textwrap.wrap(line, WIDTH, subsequent_indent=" " * 10)
 
 
 def _table(verdicts: Sequence[Verdict], question: Question) -> str:
