@@ -214,6 +214,22 @@ def test_cpu_figures_are_compared_exactly():
     assert finding.ratio == pytest.approx(1200.5 / 1200.0)
 
 
+def test_a_cpu_share_that_differs_in_its_last_bits_is_the_same_figure():
+    """Python 3.12's `sum()` of floats rounds differently from 3.11's: the same model gives
+    a busy share a few units in the last place apart, which is no change; one part in
+    10^11 is."""
+    base = make_run()
+    share = base.strategies[0].cpu.busy_share
+    for nudged, verdicts in (
+        (math.nextafter(math.nextafter(share, 1.0), 1.0), []),
+        (share * (1 + 1e-11), ["regression"]),
+        (share * (1 - 1e-11), ["improved"]),
+    ):
+        cpu = dataclasses.replace(base.strategies[0].cpu, busy_share=nudged)
+        report = check_results(base, with_strategy(base, 0, cpu=cpu))
+        assert [f.verdict for f in report.findings] == verdicts
+
+
 def test_a_figure_no_longer_measured_is_a_regression():
     base = make_run()
     report = check_results(base, with_strategy(base, 0, early_share=None))

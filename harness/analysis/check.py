@@ -4,7 +4,9 @@ Two kinds of figures, two tolerances:
 
 * Deterministic figures (the sim target at a fixed seed: every delay/lateness/e2e
   percentile, early_share, every ledger count, CPU busy/idle share, wake-ups, CPU per
-  transaction, queue depth) are compared exactly. Any change in a figure's worse direction
+  transaction, queue depth) are compared exactly: counts to the unit, fractional figures to
+  `SAME_DIGITS` significant digits (Python 3.12's `sum()` of floats rounds differently
+  from 3.11's, in the last bits of a CPU share). Any change in a figure's worse direction
   is a regression; a change in its better direction is reported as improved and asks for
   `--update`, without failing. Directions: latency, CPU, losses, queue depth: higher is
   worse; `resumed` and `transactions`: lower is worse; a delay is worse the farther it is
@@ -309,6 +311,18 @@ def _comparable(baseline: RunResult, new: RunResult) -> None:
             )
 
 
+SAME_DIGITS = 12
+"""Significant digits to which a deterministic fractional figure must agree: far beyond
+any model change, and short of the last bits, where the summation order of the Python
+version that ran the sim shows."""
+
+
+def _same(old: float | None, now: float | None) -> bool:
+    if old is None or now is None:
+        return old is now
+    return old == now or math.isclose(old, now, rel_tol=10.0**-SAME_DIGITS, abs_tol=1e-300)
+
+
 def _compare_exact(
     strategy: str, b: StrategyResult, n: StrategyResult, report: CheckReport
 ) -> None:
@@ -316,7 +330,7 @@ def _compare_exact(
     for name, old, direction in exact_figures(b):
         now = new_figures[name]
         report.compared += 1
-        if old == now:
+        if _same(old, now):
             continue
         if old is None or now is None:
             verdict: Verdict = "regression" if now is None else "improved"
