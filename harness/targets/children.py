@@ -24,9 +24,9 @@ What this module must not do: wait without a bound, or signal anything it was no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
-import functools
 import os
 import signal
 import subprocess
@@ -35,7 +35,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-import anyio.abc
 
 T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -70,46 +69,37 @@ def run_stoppable(
     process ignores (a pool worker's SIGINT) stays ignored.
 
     No Python handler may raise while the loop runs: one that raised between two tasks'
-    steps would abandon the loop with its tasks still suspended. So a recording handler
-    covers the moments the loop's signal receiver is not open (the loop starting, `func`'s
-    first step, the loop winding down), and the receiver, once open, cancels `func` for a
-    signal recorded before it."""
+    steps would abandon the loop with its tasks still suspended. So the handler only
+    records the signal and, once the loop runs, asks it (the one call each loop allows from
+    a signal handler) to cancel `func`; a signal recorded before that cancels it at once.
+    Nothing is cancelled on the way to a normal return: a cancellation's exception and
+    traceback make a reference cycle through the frames below, which would hold all that
+    `func`'s callers hold (a sim run's whole model) for the cyclic collector."""
     watched = [sig for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN]
     if threading.current_thread() is not threading.main_thread() or not watched:
         return anyio.run(func, *args, backend=backend, backend_options=backend_options)
     caught: list[int] = []
     returned: list[T] = []
+    stop_soon: list[Callable[[], object]] = []  # while the loop runs: cancel `func` from it
 
-    async def watch(stop: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        with anyio.open_signal_receiver(*watched) as signals:
-            task_status.started()
-            if not caught:
-                async for signum in signals:
-                    caught.append(signum)
-                    break
-            stop.cancel()
-
-    async def main(call: Callable[[], Awaitable[T]]) -> None:
-        async with anyio.create_task_group() as tasks:
-            await tasks.start(watch, tasks.cancel_scope)
-            returned.append(await call())
-            # Cancelling the watcher leaves a reference cycle through these frames (its
-            # `Cancelled` and traceback): it must not hold the driver, or whatever the
-            # driver holds would wait for the cyclic collector.
-            del call
-            tasks.cancel_scope.cancel()
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            stop_soon.append(_from_a_handler(backend, scope.cancel))
+            try:
+                if caught:
+                    scope.cancel()
+                returned.append(await func(*args))
+            finally:
+                stop_soon.clear()
 
     def record(signum: int, frame: object) -> None:
         caught.append(signum)
+        for stop in stop_soon:
+            stop()
 
     previous = {sig: signal.signal(sig, record) for sig in watched}
     try:
-        anyio.run(main, functools.partial(func, *args), backend=backend,
-                  backend_options=backend_options)  # fmt: skip
-    except BaseExceptionGroup as group:  # the watcher's task group wraps what `func` raised
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        anyio.run(main, backend=backend, backend_options=backend_options)
     finally:
         for sig, handler in previous.items():  # asyncio leaves SIG_DFL behind
             if handler is not None:
@@ -119,6 +109,18 @@ def run_stoppable(
     if returned:
         return returned.pop()
     raise Stopped(caught[0])  # cancelled, and the previous handler did not raise
+
+
+def _from_a_handler(backend: str, callback: Callable[[], object]) -> Callable[[], object]:
+    """A function a signal handler may call to have the running loop call `callback`:
+    trio's token (`run_sync_soon` is signal-safe) or asyncio's thread-safe call."""
+    if backend == "trio":
+        import trio
+
+        token = trio.lowlevel.current_trio_token()
+        return lambda: token.run_sync_soon(callback, idempotent=True)
+    loop = asyncio.get_running_loop()
+    return lambda: loop.call_soon_threadsafe(callback)
 
 
 def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
