@@ -99,6 +99,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "duration, seed, repeats and server settings they ran with",
     )  # fmt: skip
     p_cal.add_argument(
+        "--fit-on", choices=("all", "quiet"), default="all",
+        help="which of Kamailio's repeats the fit learns from: all (default), or quiet: "
+        "only those the host stole no more than --max-steal from, where a point has any",
+    )  # fmt: skip
+    p_cal.add_argument(
         "--adopt", action="store_true",
         help="make the fitted profile the sim's default (results/calibration/profile.toml)",
     )  # fmt: skip
@@ -140,12 +145,12 @@ def cmd(args: argparse.Namespace) -> int:
         if side is not None:
             cal.save_side(side, out)  # the new directory holds the runs it was judged on
             result = cal.refit(side, base, fit_rates=fit_rates, executor=executor,
-                               progress=say)  # fmt: skip
+                               progress=say, fit_on=args.fit_on)  # fmt: skip
         else:
             result = cal.calibrate(
                 specs, rates, duration, args.seed, settings, base, fit_rates=fit_rates,
                 repeat=args.repeat, capacity_rates=ladder, executor=executor, progress=say,
-                keep=keep, max_steal=max_steal,
+                keep=keep, max_steal=max_steal, fit_on=args.fit_on,
             )  # fmt: skip
     except TargetError as exc:
         raise UsageError(f"kamailio target: {exc}") from None
@@ -163,6 +168,14 @@ def cmd(args: argparse.Namespace) -> int:
     cells = (f"held-out rates {', '.join(f'{r:g}' for r in held) or 'none'}; fit on "
              f"{', '.join(f'{r:g}' for r in result.fit_rates)}")  # fmt: skip
     report.append(f"\nfidelity (within {bounds}; {cells}):\n" + cal.summary(result))
+    if result.quiet_points:
+        quiet, every = (sum(p["kamailio"]["runs"] for p in points if p["cell"] != "fit")
+                        for points in (result.quiet_points, result.points))  # fmt: skip
+        report.append(
+            "  the same against only Kamailio's repeats the host did not disturb, where a "
+            f"point has one ({quiet} of the {every} held-out repeats):\n"
+            + _indented(cal.summary(result, result.quiet_points))
+        )
     report.extend(f"  {kept.steal_note()}" for kept in measured)
     if side is not None and side.command:
         report.append(f"\nKamailio's runs measured by: {' '.join(side.command)}")
@@ -177,6 +190,10 @@ def cmd(args: argparse.Namespace) -> int:
     else:
         print(f"use it: deferbench run --costs {profile} (or calibrate --adopt: the default)")
     return 0
+
+
+def _indented(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
 
 
 def _measuring_flags(args: argparse.Namespace) -> tuple[ServerSettings, float, list[float]]:

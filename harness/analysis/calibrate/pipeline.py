@@ -26,7 +26,12 @@ from harness.analysis.calibrate.fit import (
     pause_lateness,
 )
 from harness.analysis.calibrate.measured import KamailioSide
-from harness.analysis.calibrate.report import Calibration, judged_points, point_figures
+from harness.analysis.calibrate.report import (
+    Calibration,
+    judged_points,
+    median_figures,
+    point_figures,
+)
 from harness.analysis.calibrate.runs import (
     Disturbed,
     Lateness,
@@ -39,6 +44,8 @@ from harness.analysis.calibrate.runs import (
     kamailio_points,
     load_for,
     sim_points,
+    undisturbed,
+    undisturbed_repeats,
 )
 
 
@@ -57,6 +64,7 @@ def calibrate(
     progress: Progress | None = None,
     keep: Callable[[KamailioSide], None] | None = None,
     max_steal: float | None = None,
+    fit_on: str = "all",
 ) -> Calibration:
     """Run both sides, fit, re-run the sim with the fit; see the package docstring.
 
@@ -67,7 +75,8 @@ def calibrate(
     `capacity_rates`: the capacity ladder, SIPp-driven on Kamailio (`capacity_ladder`);
     without it capacity is judged over `rates` alone. `keep` gets Kamailio's side as soon
     as it is measured (to save it before the sim's part runs). A Kamailio run during which
-    the host stole more than `max_steal` of the CPU is run again (`least_disturbed`).
+    the host stole more than `max_steal` of the CPU is run again (`least_disturbed`);
+    `fit_on="quiet"` fits on the repeats it did not disturb only (`refit`).
     """
     say = progress or (lambda _line: None)
     specs = [strategies.parse_spec(s).spec for s in specs]
@@ -85,7 +94,9 @@ def calibrate(
                         disturbed=disturbed)  # fmt: skip
     if keep is not None:
         keep(side)
-    return refit(side, base, fit_rates=fit_rates, executor=executor, progress=progress)
+    return refit(
+        side, base, fit_rates=fit_rates, executor=executor, progress=progress, fit_on=fit_on
+    )
 
 
 def refit(
@@ -95,10 +106,16 @@ def refit(
     fit_rates: Sequence[float] | None = None,
     executor: Executor | None = None,
     progress: Progress | None = None,
+    fit_on: str = "all",
 ) -> Calibration:
     """Fit `base` to Kamailio's measured `side` and judge the sim against it: the sim's
     part of `calibrate` (the fits, the sim runs with the starting and fitted profiles, the
-    verdicts), which needs no Kamailio."""
+    verdicts), which needs no Kamailio.
+
+    `fit_on="quiet"`: the fits learn only from Kamailio's repeats the host did not disturb
+    (over `side.max_steal`), where a point has any (`undisturbed_repeats`): a model of a
+    quiet host, which a busy one's neighbours would otherwise teach their stalls. Judging
+    still compares every kept repeat."""
     say = progress or (lambda _line: None)
     specs, rates, duration, seed = side.specs, side.rates, side.duration, side.seed
     settings = side.settings
@@ -109,8 +126,17 @@ def refit(
                                executor, say, side.repeat)  # fmt: skip
     cores = settings.cores
     kam_figs, sim_figs = point_figures(kam, kam_idle, 1), point_figures(sim, sim_idle, cores)
-    fitted, notes, fits = fit_from_runs(specs, fitting, kam_idle, kam_figs, sim_figs, base,
+    quiet_figs = {(spec, rate): median_figures(*undisturbed_repeats(e, kam_idle[spec],
+                                                                    side.max_steal), 1, rate)
+                  for (spec, rate), e in kam.items()}  # fmt: skip
+    fit_idle_runs, fit_figs = kam_idle, kam_figs
+    if fit_on == "quiet":
+        fit_idle_runs = {spec: undisturbed(e, side.max_steal) for spec, e in kam_idle.items()}
+        fit_figs = quiet_figs
+    fitted, notes, fits = fit_from_runs(specs, fitting, fit_idle_runs, fit_figs, sim_figs, base,
                                         side.phases, cores)  # fmt: skip
+    if fit_on == "quiet":
+        notes.append(_quiet_note(kam, kam_idle, fit_figs, fit_idle_runs, fitting))
     fitted, note = _with_pause_late(fitted, side.late, fitting)
     notes.append(note)
     fit_idle, fit = sim_points(specs, loads, duration, seed, settings, fitted, "fitted",
@@ -127,11 +153,30 @@ def refit(
             "sim_starting": sim_figs}  # fmt: skip
     result.points = judged_points(specs, loads, figs, caps, highest, why,
                                   {"kamailio": kam, "sim": fit}, fitting)  # fmt: skip
+    if any(quiet_figs[point]["runs"] < len(kam[point]) for point in kam):
+        result.quiet_points = judged_points(specs, loads, {**figs, "kamailio": quiet_figs}, caps,
+                                            highest, why, {}, fitting)  # fmt: skip
     result.fit_rates = fitting
     result.idle = {
         "kamailio": kam_idle, "sim": fit_idle, "sim_starting": sim_idle,
     }  # fmt: skip
     return result
+
+
+def _quiet_note(
+    runs: Runs, idle: Mapping[str, Sequence[Any]], figs: Mapping[tuple[str, float], Any],
+    quiet_idle: Mapping[str, Sequence[Any]], rates: Sequence[float],
+) -> str:  # fmt: skip
+    """What `--fit-on quiet` left out, in numbers."""
+    points = [point for point in runs if point[1] in rates]
+    kept = sum(figs[point]["runs"] for point in points)
+    total = sum(len(runs[point]) for point in points)
+    idle_kept = sum(len(v) for v in quiet_idle.values())
+    return (
+        f"fitted on the quiet repeats only: {kept} of Kamailio's {total} at the fit rates "
+        f"and {idle_kept} of {sum(len(v) for v in idle.values())} idle runs (a repeat the "
+        "host disturbed, over the steal limit, left out where its point has a quiet one)"
+    )
 
 
 def _with_pause_late(

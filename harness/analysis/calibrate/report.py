@@ -348,6 +348,9 @@ class Calibration:
     points: list[dict[str, Any]] = field(default_factory=list)  # one per strategy × rate
     fit_rates: list[float] = field(default_factory=list)  # the rates the fits used
     idle: dict[str, dict[str, Any]] = field(default_factory=dict)  # target/side -> spec -> entry
+    quiet_points: list[dict[str, Any]] = field(default_factory=list)
+    """`points` judged against Kamailio's repeats the host did not disturb (where a point
+    has one); empty when it disturbed none."""
 
     def to_json(self, command: Sequence[str]) -> dict[str, Any]:
         return {
@@ -391,6 +394,10 @@ class Calibration:
             "capacity_ladder": self.ladder,
             "points": self.points,
             "idle": self.idle,
+            "quiet_points": [
+                {k: point[k] for k in ("strategy", "reinvite_rate", "cell", "kamailio", "checks")}
+                for point in self.quiet_points
+            ],
         }
 
 
@@ -484,12 +491,13 @@ def _cap(value: float | None) -> str:
     return "< lowest" if value is None else f"{value:g}"
 
 
-def summary(calibration: Calibration) -> str:
+def summary(calibration: Calibration, points: Sequence[dict[str, Any]] | None = None) -> str:
     """PASS/MISS counts per figure over the held-out points only (the predictions); the
     fit points' counts are shown beside them, not counted. A MISS within Kamailio's own
-    spread, or on a Kamailio run the host disturbed, is counted as a miss and said so."""
+    spread, or on a Kamailio run the host disturbed, is counted as a miss and said so.
+    `points`: other judged points than the calibration's (its `quiet_points`)."""
     counts: dict[str, dict[str, dict[str, int]]] = {}
-    for point in calibration.points:
+    for point in calibration.points if points is None else points:
         cell = point.get("cell", FIT)
         for check in point["checks"]:
             tallies = counts.setdefault(check["figure"], {})

@@ -87,6 +87,32 @@ def least_disturbed(
     return result
 
 
+def undisturbed(entries: Sequence[dict[str, Any]], max_steal: float | None) -> list[dict[str, Any]]:
+    """`entries` (one strategy's idle runs) the host stole no more than `max_steal` from,
+    or all of them where it disturbed every one."""
+    quiet = [e for e in entries if not _over(steal_of(e), max_steal)]
+    return quiet or list(entries)
+
+
+def undisturbed_repeats(
+    entries: Sequence[dict[str, Any]], idles: Sequence[dict[str, Any]], max_steal: float | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """One point's repeats, (loaded run, its round's idle run) pairs, of which the host
+    disturbed neither; all of them where it disturbed every pair."""
+    pairs = [
+        (e, i)
+        for e, i in zip(entries, idles, strict=True)
+        if not _over(steal_of(e), max_steal) and not _over(steal_of(i), max_steal)
+    ]
+    if not pairs:
+        return list(entries), list(idles)
+    return [e for e, _ in pairs], [i for _, i in pairs]
+
+
+def _over(share: float | None, limit: float | None) -> bool:
+    return share is not None and limit is not None and share > limit
+
+
 CAPACITY_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=1ms,arrival=constant"
 """The capacity ladder's call shape: SIPp drives Kamailio, so constant arrivals and whole-ms
 gaps; the sim gets the same seeded load."""
