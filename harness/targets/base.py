@@ -33,9 +33,10 @@ def steal_of(entry: Mapping[str, Any]) -> float | None:
     return entry.get("cpu", {}).get("host_steal_share")
 
 
-def over_steal_limit(share: float | None) -> bool:
-    """Whether a run during which the host stole `share` of the CPU was disturbed."""
-    return share is not None and share > STEAL_LIMIT
+def over_steal_limit(share: float | None, limit: float | None = STEAL_LIMIT) -> bool:
+    """Whether a run during which the host stole `share` of the CPU was disturbed (over
+    `limit`; None: no limit, nothing is)."""
+    return share is not None and limit is not None and share > limit
 
 
 def most_stolen(entries: Iterable[Mapping[str, Any]]) -> float | None:

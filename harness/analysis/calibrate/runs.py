@@ -27,7 +27,7 @@ from harness.analysis.calibrate.fit import PhaseFit, fit_phases, timer_interval
 from harness.analysis.sweep import SweepPoint, capacity
 from harness.load.network import Link, parse_link
 from harness.load.spec import LoadSpec, parse_load
-from harness.targets.base import DISTURBED, most_stolen, steal_of
+from harness.targets.base import DISTURBED, most_stolen, over_steal_limit, steal_of
 
 if TYPE_CHECKING:
     from harness.targets.kamailio.sipp import SippReinvite
@@ -90,7 +90,7 @@ def least_disturbed(
 def undisturbed(entries: Sequence[dict[str, Any]], max_steal: float | None) -> list[dict[str, Any]]:
     """`entries` (one strategy's idle runs) the host stole no more than `max_steal` from,
     or all of them where it disturbed every one."""
-    quiet = [e for e in entries if not _over(steal_of(e), max_steal)]
+    quiet = [e for e in entries if not over_steal_limit(steal_of(e), max_steal)]
     return quiet or list(entries)
 
 
@@ -102,15 +102,11 @@ def undisturbed_repeats(
     pairs = [
         (e, i)
         for e, i in zip(entries, idles, strict=True)
-        if not _over(steal_of(e), max_steal) and not _over(steal_of(i), max_steal)
+        if not any(over_steal_limit(steal_of(run), max_steal) for run in (e, i))
     ]
     if not pairs:
         return list(entries), list(idles)
     return [e for e, _ in pairs], [i for _, i in pairs]
-
-
-def _over(share: float | None, limit: float | None) -> bool:
-    return share is not None and limit is not None and share > limit
 
 
 CAPACITY_SHAPE = "reinvite:rate=1/s,duration=3s,reinvites=10,gap=1ms,arrival=constant"
