@@ -256,3 +256,24 @@ def test_the_sim_charges_the_adopted_calibration_unless_told_otherwise(capsys, t
     if ADOPTED.is_file():  # committed with the project
         assert costs["default"][0] == "results/calibration/profile.toml"
         assert costs["default"][1] != costs["built-in"][1]  # a different profile was charged
+
+
+def test_ctrl_c_while_the_command_line_loads_ends_quietly(monkeypatch, capsys):
+    """The console script's first tenth of a second is spent importing; a ^C there must not
+    print a traceback either."""
+    from harness import launch
+
+    class Interrupted:
+        def find_spec(self, name, path=None, target=None):
+            if name == "harness.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "harness.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupted(), *sys.meta_path])
+    try:
+        code = launch.main()
+    except KeyboardInterrupt:
+        pytest.fail("the ^C escaped the console script")
+    assert code == 130
+    assert capsys.readouterr().err == "deferbench: interrupted\n"
