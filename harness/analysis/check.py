@@ -320,7 +320,7 @@ version that ran the sim shows."""
 def _same(old: float | None, now: float | None) -> bool:
     if old is None or now is None:
         return old is now
-    return old == now or math.isclose(old, now, rel_tol=10.0**-SAME_DIGITS, abs_tol=1e-300)
+    return old == now or math.isclose(old, now, rel_tol=10.0**-SAME_DIGITS)
 
 
 def _compare_exact(

@@ -12,8 +12,8 @@ import argparse
 import math
 import shutil
 import sys
+import textwrap
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,7 @@ from harness.cli.common import (
     UsageError,
     add_server_flags,
     count,
+    default_out,
     output_dir,
     rate_list,
     server_settings,
@@ -77,7 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p_cal.add_argument("--jobs", type=count, metavar="N", help="parallel sim runs")
     p_cal.add_argument("--quiet", action="store_true", help="no progress lines")
     p_cal.add_argument(
-        "--repeat", type=int, default=3, metavar="N",
+        "--repeat", type=count, default=3, metavar="N",
         help="Kamailio runs per point: fits use all at the fit rates, judged figures are "
         "medians, a miss inside Kamailio's own spread of repeats says so (default 3)",
     )  # fmt: skip
@@ -128,8 +129,7 @@ def cmd(args: argparse.Namespace) -> int:
         settings, duration, ladder = _measuring_flags(args)
         max_steal = _max_steal(args.max_steal)
         specs = strategies.canonical_specs(args.strategy) or strategies.names()
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = output_dir(Path(args.out) if args.out else Path("results") / "calibration" / stamp)
+    out = output_dir(default_out(args.out, None, under="calibration"))
     command = ["deferbench", *args.argv]
     executor = local_executor(args.jobs)
     say = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
@@ -174,7 +174,7 @@ def cmd(args: argparse.Namespace) -> int:
         report.append(
             "  the same against only Kamailio's repeats the host did not disturb, where a "
             f"point has one ({quiet} of the {every} held-out repeats):\n"
-            + _indented(cal.summary(result, result.quiet_points))
+            + textwrap.indent(cal.summary(result, result.quiet_points), "  ")
         )
     report.extend(f"  {kept.steal_note()}" for kept in measured)
     if side is not None and side.command:
@@ -192,10 +192,6 @@ def cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _indented(text: str) -> str:
-    return "\n".join("  " + line for line in text.splitlines())
-
-
 def _measuring_flags(args: argparse.Namespace) -> tuple[ServerSettings, float, list[float]]:
     """What a measuring run needs checked before Kamailio starts: (server settings, each
     run's duration, the capacity ladder); SIPp must be installed."""
@@ -204,8 +200,6 @@ def _measuring_flags(args: argparse.Namespace) -> tuple[ServerSettings, float, l
         duration = parse_duration(args.duration)
     except ValueError as exc:
         raise UsageError(f"calibrate: {exc}") from None
-    if args.repeat < 1:
-        raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
     ladder = _capacity_rates(args.capacity_rates)
     _need_sipp()
     if not duration > 0:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from core.runtime.costs import CostProfile
@@ -107,6 +108,14 @@ def count(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
     return value
+
+
+def default_out(given: str | None, kind: str | None, under: str = "runs") -> Path:
+    """--out as given, else results/<under>/<UTC stamp>[-<kind>]: where a command writes."""
+    if given:
+        return Path(given)
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return Path("results") / under / (f"{stamp}-{kind}" if kind else stamp)
 
 
 def output_dir(path: Path, flag: str = "--out") -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.analysis import page
@@ -20,6 +19,7 @@ from harness.cli.common import (
     add_server_flags,
     build_target,
     count,
+    default_out,
     output_dir,
     server_settings,
 )
@@ -63,8 +63,7 @@ def cmd(args: argparse.Namespace) -> int:
     question = _question(args)
     costs, source = sim_profile(args.costs)
     sim = build_target("sim", args, costs, source)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = output_dir(Path(args.out or Path("results") / "runs" / f"{stamp}-recommend"))
+    out = output_dir(default_out(args.out, "recommend"))
     executor = local_executor(args.jobs)
     progress = None if args.quiet else text_progress()
     try:

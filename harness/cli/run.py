@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from harness.cli.common import (
     add_server_flags,
     build_target,
     count,
+    default_out,
     output_dir,
     server_settings,
 )
@@ -103,7 +103,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p_run.add_argument(
         "--repeat",
-        type=int,
+        type=count,
         default=1,
         metavar="N",
         help="run every strategy N times in alternating rounds; wall-clock "
@@ -145,14 +145,10 @@ def cmd(args: argparse.Namespace) -> int:
         text_progress,
     )
 
-    if args.repeat < 1:
-        raise UsageError(f"--repeat must be >= 1, got {args.repeat}")
-
     settings = server_settings(args)
     costs, costs_source = sim_profile(args.costs)
     suite = _suite_from_args(args)
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-{suite.name}"
+    out = default_out(args.out, suite.name)
     command = ["deferbench", *args.argv]
     plan = [(run, build_target(run.target, args, costs, costs_source)) for run in suite.runs]
     if args.records:

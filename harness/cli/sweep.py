@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import io
 from concurrent.futures import Executor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from harness.cli.common import (
     add_server_flags,
     build_target,
     count,
+    default_out,
     output_dir,
     rate_list,
     server_settings,
@@ -127,7 +127,7 @@ def cmd(args: argparse.Namespace) -> int:
     if args.target_rate and not args.param:
         raise UsageError("--target-rate needs --param: it asks for the smallest value of one")
     variants(specs, args.param)  # a bad --param is a one-line error before anything is made
-    out = _out_dir(args)
+    out = output_dir(default_out(args.out, "sweep"))  # before anything runs
     points = _run(args, specs, rates, load, settings, target, out)
     caps = capacity(points, bound, e2e_bound)
     answer = None
@@ -263,12 +263,6 @@ def _print_tuning(args: argparse.Namespace, answer: dict[str, Any], top: float) 
             print(f"  {base}: none of the swept values carries {args.target_rate:g}/s")
 
 
-def _out_dir(args: argparse.Namespace) -> Path:
-    """--out or results/runs/<stamp>-sweep/, made before anything runs."""
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return output_dir(Path(args.out) if args.out else Path("results") / "runs" / f"{stamp}-sweep")
-
-
 def _write(
     args: argparse.Namespace,
     out: Path,
@@ -278,7 +272,7 @@ def _write(
     load: LoadSpec,
     bound: float,
     e2e_bound: float,
-) -> Path:
+) -> None:
     """sweep.json (and sweep.png unless --no-plots) in `out`."""
     import json
 
@@ -315,4 +309,3 @@ def _write(
     if not args.no_plots:
         shape = f"{load.reinvites} re-INVITEs per call, {load.gap * 1e3:g} ms after each ACK"
         plots.sweep(series, out / "sweep.png", f"offered re-INVITE rate swept; {shape}")
-    return out
